@@ -299,3 +299,6 @@ def test_data_dir_env_override(tmp_path, monkeypatch):
         sm._find_data_dir()
     monkeypatch.setenv("SECAGG_DATA", str(tmp_path))
     assert sm._find_data_dir() == Path(tmp_path)
+    assert sm.data_dir() == Path(tmp_path)
+    with pytest.raises(DataError, match="italy_power_demand"):
+        sm.load_italy_power_demand()

@@ -108,12 +108,16 @@ def _find_data_dir() -> Path:
 
 
 def data_dir() -> Path:
-    """The shared data directory (``secagg.detect.data.default_data_dir`` when available)."""
-    try:
-        from secagg.detect.data import default_data_dir  # type: ignore[attr-defined]
-    except ImportError:
-        return _find_data_dir()
-    return Path(default_data_dir())
+    """The shared data directory: ``secagg.detect``'s ``default_data_dir()`` when that module is
+    present (same rules: ``$SECAGG_DATA``, else ``shared/data`` above the file or the cwd), else
+    the equivalent local search :func:`_find_data_dir`."""
+    for mod in ("secagg.detect.dataset", "secagg.detect.data"):
+        try:
+            finder = getattr(__import__(mod, fromlist=["default_data_dir"]), "default_data_dir")
+        except (ImportError, AttributeError):
+            continue
+        return Path(finder())
+    return _find_data_dir()
 
 
 # --------------------------------------------------------------------------- .ts parser
