@@ -1,0 +1,43 @@
+"""Homomorphic aggregation of flat float vectors (no torch).
+
+Two schemes behind the same three roles (key holder, client, server):
+
+* :mod:`secagg.he.ckks` -- CKKS with TenSEAL: approximate arithmetic on floats,
+  ~20x ciphertext expansion, fast (SIMD over N/2 slots per ciphertext).
+* :mod:`secagg.he.paillier` -- BatchCrypt-style packed Paillier with phe + gmpy2:
+  exact integer sums of fixed-point values, many values per 2048/3072-bit plaintext.
+
+In both, the key holder (a client) creates the keys, all clients share the secret
+key, and the server holds only public key material: it adds and scales ciphertexts and
+cannot decrypt. Wire format and validation: :mod:`secagg.he.messages`. See
+``docs/he.md`` for the threat model and measured costs.
+"""
+
+from secagg.he.ckks import (
+    CKKS_8192,
+    CKKS_16384,
+    CKKS_PRESETS,
+    CKKSAggregate,
+    CKKSClient,
+    CKKSKeyHolder,
+    CKKSPreset,
+    CKKSRound,
+    CKKSServer,
+    choose_ckks_preset,
+)
+from secagg.he.messages import ChunkManifest, HEMessage
+
+__all__ = [
+    "CKKS_8192",
+    "CKKS_16384",
+    "CKKS_PRESETS",
+    "CKKSAggregate",
+    "CKKSClient",
+    "CKKSKeyHolder",
+    "CKKSPreset",
+    "CKKSRound",
+    "CKKSServer",
+    "choose_ckks_preset",
+    "ChunkManifest",
+    "HEMessage",
+]
