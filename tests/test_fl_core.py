@@ -40,7 +40,7 @@ class TinyRegressor:
                 loss = loss + prox_mu / 2 * sum(((p - c) ** 2).sum() for p, c in zip(self.module.parameters(), prox_center))
             loss.backward()
             opt.step()
-        return float(loss)
+        return loss.item()
 
     def score(self, X):
         with torch.no_grad():
