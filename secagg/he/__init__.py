@@ -26,6 +26,17 @@ from secagg.he.ckks import (
     choose_ckks_preset,
 )
 from secagg.he.messages import ChunkManifest, HEMessage
+from secagg.he.paillier import (
+    PaillierAggregate,
+    PaillierClient,
+    PaillierConfig,
+    PaillierKeyHolder,
+    PaillierRound,
+    PaillierServer,
+    pack_slots,
+    quantize,
+    unpack_slots,
+)
 
 __all__ = [
     "CKKS_8192",
@@ -40,4 +51,13 @@ __all__ = [
     "choose_ckks_preset",
     "ChunkManifest",
     "HEMessage",
+    "PaillierAggregate",
+    "PaillierClient",
+    "PaillierConfig",
+    "PaillierKeyHolder",
+    "PaillierRound",
+    "PaillierServer",
+    "pack_slots",
+    "quantize",
+    "unpack_slots",
 ]
