@@ -2,7 +2,7 @@
 
 Detectors (``make_detector(name, n_features, seed=..., **hparams)``):
 
-* ``ae``   :class:`AutoencoderDetector`, dense ``d -> 32 -> 8 -> 32 -> d`` (ReLU), trained on
+* ``ae``   :class:`AutoencoderDetector`, dense ``d -> 64 -> 16 -> 64 -> d`` (ReLU), trained on
   **benign rows only** (``y == 0``; unsupervised/one-class). Score = per-row mean squared
   reconstruction error. Threshold = a percentile (default 95) of the scores of benign
   *validation* rows, so the expected false-positive rate is about 100 - percentile %.
@@ -17,7 +17,7 @@ Detectors (``make_detector(name, n_features, seed=..., **hparams)``):
   (= the training mean after standardisation).
 
 Classifier scores are P(attack); their threshold is 0.5 unless ``decision_threshold`` is
-given. Parameter counts for d = 77: ae 5,653; mlp 7,105; cnn 4,937; lstm 14,305.
+given. Parameter counts for d = 77 (defaults): ae 12,125; mlp 7,105; cnn 4,865; lstm 14,241.
 
 Training (:meth:`Detector.train_epochs`) uses Adam (a fresh optimiser per call, as a
 federated client does each round), mini-batches shuffled by a ``torch.Generator`` seeded
@@ -199,7 +199,7 @@ class AutoencoderDetector(Detector):
     name = "ae"
     supervised = False
 
-    def __init__(self, n_features: int, *, seed: int = 0, hidden: Sequence[int] = (32, 8),
+    def __init__(self, n_features: int, *, seed: int = 0, hidden: Sequence[int] = (64, 16),
                  decision_threshold: float | None = None) -> None:
         self.hidden = tuple(int(h) for h in hidden)
         if not self.hidden or min(self.hidden) < 1:
