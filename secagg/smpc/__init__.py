@@ -1,1 +1,90 @@
-"""Masked secure aggregation (Bonawitz et al. CCS 2017) and SecAgg+ (Bell et al. CCS 2020). See docs/smpc.md."""
+"""Masked secure aggregation: Bonawitz et al. (CCS 2017) with dropout recovery, and SecAgg+
+sparse Harary graphs (Bell et al., CCS 2020). Flat numpy vectors only; no torch.
+
+Threat models: an honest-but-curious server (``mode='honest'``) or an active server that
+may deviate (``mode='active'``: Ed25519-signed keys and survivor-set consistency check).
+The server learns only the sum mod 2**k of the surviving clients' inputs, provided fewer
+than t share holders of any client collude with it. See docs/smpc.md.
+
+Public API (stable)
+-------------------
+Round parameters
+    :class:`SessionConfig`          public parameters (ids, threshold t, vector length, ring, mode, graph)
+    :func:`new_session_id`          16 random bytes
+    :func:`derive_params`           SecAgg+ degree/threshold from n, dropout and corruption rates
+                                    (:class:`SecAggPlusParams` has ``explain()``)
+State machines (transport-agnostic, bytes in / bytes out)
+    :class:`SecAggClient`           ``start() -> bytes``, ``set_input(uint vector)``, ``handle(bytes) -> bytes``
+    :class:`SecAggServer`           ``receive(bytes)``, ``close_stage() -> {client_id: bytes}``,
+                                    ``result() -> SecureSumResult``, ``stage``, ``participants``
+    :class:`Stage`                  stage enum; :func:`decode` parses any message (``.header.stage``)
+In-process simulation
+    :func:`run_round`               one whole round with a :class:`DropoutSchedule` -> :class:`RoundReport`
+                                    (sum, survivors, per-client bytes, per-phase time and bytes)
+Identity keys (active mode)
+    :func:`generate_identity`, :func:`identity_public_bytes`
+Errors (all ProtocolError except NotEnoughClientsError)
+    MalformedMessageError, WrongSessionError, StageError, ReplayError, TamperedMessageError,
+    SignatureError, UnmaskRefusedError, ClientAbortError, VectorLengthError, NotEnoughClientsError
+
+Typical transport loop (what :func:`run_round` does)::
+
+    server = SecAggServer(cfg)
+    for c in clients: server.receive(c.start())
+    out = server.close_stage()
+    while server.stage not in (Stage.DONE, Stage.ABORTED):
+        for cid, msg in out.items(): server.receive(clients[cid].handle(msg))   # skip dropped clients
+        out = server.close_stage()
+    total = server.result().total      # uint ring vector; decode with secagg.encoding
+
+Primitives live in submodules: :mod:`.shamir`, :mod:`.prg`, :mod:`.keys`, :mod:`.messages`, :mod:`.graph`.
+"""
+
+from secagg.errors import NotEnoughClientsError
+from secagg.smpc.client import SecAggClient
+from secagg.smpc.config import SessionConfig, new_session_id
+from secagg.smpc.driver import PHASES, DropoutSchedule, PhaseStats, RoundReport, run_round
+from secagg.smpc.errors import (
+    ClientAbortError,
+    MalformedMessageError,
+    ReplayError,
+    SignatureError,
+    StageError,
+    TamperedMessageError,
+    UnmaskRefusedError,
+    VectorLengthError,
+    WrongSessionError,
+)
+from secagg.smpc.graph import SecAggPlusParams, derive_params
+from secagg.smpc.keys import generate_identity, identity_public_bytes
+from secagg.smpc.messages import Stage, decode
+from secagg.smpc.server import SecAggServer, SecureSumResult
+
+__all__ = [
+    "SessionConfig",
+    "new_session_id",
+    "derive_params",
+    "SecAggPlusParams",
+    "SecAggClient",
+    "SecAggServer",
+    "SecureSumResult",
+    "Stage",
+    "decode",
+    "run_round",
+    "DropoutSchedule",
+    "PhaseStats",
+    "RoundReport",
+    "PHASES",
+    "generate_identity",
+    "identity_public_bytes",
+    "NotEnoughClientsError",
+    "MalformedMessageError",
+    "WrongSessionError",
+    "StageError",
+    "ReplayError",
+    "TamperedMessageError",
+    "SignatureError",
+    "UnmaskRefusedError",
+    "ClientAbortError",
+    "VectorLengthError",
+]

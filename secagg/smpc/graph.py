@@ -1,0 +1,162 @@
+"""SecAgg+ communication graphs and parameter derivation (Bell et al., CCS 2020).
+
+In SecAgg+ each client shares keys and masks only with its neighbours in a random
+k-regular graph instead of with all n-1 others, cutting client cost from O(n) to
+O(log n) key agreements, shares and mask expansions (server: O(n log n) instead of
+O(n^2)). We use a *random Harary graph* H(k, n): the clients are placed on a ring in a
+random order and each is joined to the k/2 nearest on either side.
+
+The order is derived deterministically from the public session id with AES-CTR (via
+:mod:`secagg.smpc.prg`), so every party computes the same graph without extra messages
+and without ``numpy.random``; the server cannot choose it freely once the session id is
+fixed.
+
+Parameters
+----------
+A client's secrets are t-of-(k+1) shared among its *closed* neighbourhood (its k
+neighbours and itself). :func:`derive_params` picks the smallest even degree k and a
+threshold t such that, with n clients, dropout fraction ``delta`` and corrupted-client
+fraction ``gamma`` (each client independently, as in Bell et al.'s analysis), by a
+union bound over the n clients:
+
+* correctness: ``n * P[Bin(k+1, 1-delta) < t] <= 2**-eta`` (every neighbourhood keeps
+  t surviving share holders),
+* privacy, no double reveal: ``n * P[Bin(k+1, gamma) >= 2t - (k+1)] <= 2**-sigma``;
+  honest holders give out only one kind of share per client, so the adversary needs
+  ``2t - (k+1)`` corrupted holders to obtain both b_u and s_u,
+* privacy, no isolated honest client: ``n * (delta + gamma)**k <= 2**-sigma`` (a client
+  whose neighbours are all dropped or corrupted would have its input exposed).
+
+This is a union-bound simplification of Bell et al.'s Theorem 3.6 (which also bounds
+the connectivity of the honest subgraph); it is conservative for the neighbourhood
+conditions and only a necessary condition for connectivity. If no k < n-1 satisfies
+the bounds, the complete graph (plain SecAgg, k = n-1) is returned.
+
+Costs: building the graph is O(n k) time and memory; derivation is O(k^2) binomial tails.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from scipy import stats
+
+from secagg.errors import ConfigError
+from secagg.smpc import prg
+
+__all__ = ["harary_graph", "complete_graph", "SecAggPlusParams", "derive_params"]
+
+
+def complete_graph(ids: Sequence[int]) -> dict[int, frozenset[int]]:
+    s = frozenset(ids)
+    return {u: s - {u} for u in ids}
+
+
+def harary_graph(ids: Sequence[int], degree: int, seed: bytes) -> dict[int, frozenset[int]]:
+    """Random Harary graph H(degree, n) over ``ids``; neighbour sets exclude the node itself.
+
+    ``degree`` must be even and >= 2; ``degree >= n - 1`` gives the complete graph. The
+    ring order is a permutation drawn from AES-CTR keyed by HKDF(seed).
+    """
+    ids = list(ids)
+    n = len(ids)
+    if len(set(ids)) != n:
+        raise ConfigError("graph node ids must be distinct")
+    if not (isinstance(degree, int) and degree >= 2 and degree % 2 == 0):
+        raise ConfigError(f"SecAgg+ degree must be an even int >= 2, got {degree!r}")
+    if degree >= n - 1:
+        return complete_graph(ids)
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"secagg/v1/harary-graph").derive(seed)
+    r = prg.expand(key, n, modulus_bits=64)
+    order = [ids[i] for i in np.lexsort((np.arange(n), r))]
+    half = degree // 2
+    out: dict[int, frozenset[int]] = {}
+    for pos, u in enumerate(order):
+        out[u] = frozenset(order[(pos + d) % n] for d in range(-half, half + 1) if d != 0)
+    return out
+
+
+@dataclass(frozen=True)
+class SecAggPlusParams:
+    """Derived SecAgg+ parameters; :meth:`explain` says why they were chosen."""
+
+    n: int
+    degree: int
+    threshold: int
+    dropout_rate: float
+    corruption_rate: float
+    sigma: int
+    eta: int
+    log2_correctness_failure: float
+    log2_double_reveal: float
+    log2_isolation: float
+
+    @property
+    def complete(self) -> bool:
+        return self.degree >= self.n - 1
+
+    def explain(self) -> str:
+        kind = "complete graph (plain SecAgg)" if self.complete else f"random Harary graph H({self.degree}, {self.n})"
+        m = self.degree + 1
+        def ok(v: float, bound: int) -> str:
+            return f"{v:.1f} <= -{bound}" if v <= -bound else f"{v:.1f} > -{bound} (NOT met: too few clients for this bound)"
+
+        return (
+            f"SecAgg+ parameters for n={self.n} clients, dropout rate delta={self.dropout_rate:g}, "
+            f"corruption rate gamma={self.corruption_rate:g}, security sigma={self.sigma}, correctness eta={self.eta}:\n"
+            f"  graph: {kind}; each client has k={self.degree} neighbours, secrets shared t-of-{m} "
+            f"(t={self.threshold}) over its closed neighbourhood\n"
+            f"  correctness: log2(n * P[Bin({m}, 1-delta) < {self.threshold}]) = {ok(self.log2_correctness_failure, self.eta)}\n"
+            f"  no double reveal: log2(n * P[Bin({m}, gamma) >= 2t-{m}={2 * self.threshold - m}]) = {ok(self.log2_double_reveal, self.sigma)}\n"
+            f"  no isolated honest client: log2(n * (delta+gamma)^k) = {ok(self.log2_isolation, self.sigma)}\n"
+            f"  cost per client: {self.degree} key agreements x2, {self.degree} share ciphertexts, {self.degree + 1} mask expansions"
+        )
+
+
+def _log2_n(n: int, logp: float) -> float:
+    return math.log2(n) + logp / math.log(2) if logp > -math.inf else -math.inf
+
+
+def derive_params(n: int, dropout_rate: float = 0.05, corruption_rate: float = 0.05, sigma: int = 40, eta: int = 20) -> SecAggPlusParams:
+    """Smallest even degree k and a threshold t meeting the bounds in the module docstring."""
+    if not (isinstance(n, int) and n >= 3):
+        raise ConfigError(f"n must be an int >= 3, got {n!r}")
+    if not (0 <= dropout_rate < 0.5):
+        raise ConfigError(f"dropout_rate must be in [0, 0.5), got {dropout_rate!r}")
+    if not (0 <= corruption_rate < 0.5) or dropout_rate + corruption_rate >= 0.5:
+        raise ConfigError(f"corruption_rate must be in [0, 0.5) with dropout_rate + corruption_rate < 0.5, got {corruption_rate!r}")
+    if not (isinstance(sigma, int) and 1 <= sigma <= 128 and isinstance(eta, int) and 1 <= eta <= 128):
+        raise ConfigError(f"sigma and eta must be ints in [1, 128], got sigma={sigma!r}, eta={eta!r}")
+
+    def tails(k: int, t: int) -> tuple[float, float, float]:
+        m = k + 1
+        corr = _log2_n(n, stats.binom.logcdf(t - 1, m, 1 - dropout_rate))
+        need = 2 * t - m
+        dbl = _log2_n(n, stats.binom.logsf(need - 1, m, corruption_rate)) if need > 0 else math.log2(n)
+        bad = dropout_rate + corruption_rate
+        iso = math.log2(n) + k * math.log2(bad) if bad > 0 else -math.inf
+        return corr, dbl, iso
+
+    k = 2
+    while k < n - 1:
+        m = k + 1
+        for t in range(m // 2 + 1, m + 1):
+            corr, dbl, iso = tails(k, t)
+            if dbl <= -sigma and iso <= -sigma:
+                if corr <= -eta:
+                    return SecAggPlusParams(n, k, t, dropout_rate, corruption_rate, sigma, eta, corr, dbl, iso)
+                break  # larger t only hurts correctness
+        k += 2
+    # complete graph: plain SecAgg with the smallest t that is secure
+    k = n - 1
+    m = n
+    t = m // 2 + 1
+    while t < m and tails(k, t)[1] > -sigma:
+        t += 1
+    corr, dbl, iso = tails(k, t)
+    return SecAggPlusParams(n, k, t, dropout_rate, corruption_rate, sigma, eta, corr, dbl, iso)
