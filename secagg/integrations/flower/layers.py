@@ -12,7 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from secagg.errors import ConfigError
+from secagg.integrations.flower.he import HEWorkflow, he_mod
 from secagg.integrations.flower.workflow import PlaintextWorkflow, RoundWorkflow
+
+LAYERS = ("plaintext", "ckks", "paillier")
 
 if TYPE_CHECKING:
     from secagg.integrations.flower.app import FlowerAppConfig
@@ -20,13 +23,16 @@ if TYPE_CHECKING:
 
 def build_workflow(cfg: "FlowerAppConfig") -> RoundWorkflow:
     """The server-side workflow for ``cfg.layer`` (wrapped in DP-FedAvg when ``cfg.dp``)."""
+    common = {"stage_timeout_s": cfg.stage_timeout_s, "min_clients": cfg.min_nodes}
     if cfg.layer == "plaintext":
-        inner: RoundWorkflow = PlaintextWorkflow(stage_timeout_s=cfg.stage_timeout_s, min_clients=cfg.min_nodes)
+        inner: RoundWorkflow = PlaintextWorkflow(**common)
+    elif cfg.layer in ("ckks", "paillier"):
+        inner = HEWorkflow(cfg.layer, value_bound=cfg.clip, **common)
     else:
-        raise ConfigError(f"layer must be one of ('plaintext',), got {cfg.layer!r}")
+        raise ConfigError(f"layer must be one of {LAYERS}, got {cfg.layer!r}")
     return inner
 
 
 def client_mods() -> list:
     """Client mods of every layer, outermost first."""
-    return []
+    return [he_mod]
