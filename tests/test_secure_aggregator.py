@@ -95,3 +95,39 @@ def test_bad_options(kw):
 def test_threshold_out_of_range_rejected():
     with pytest.raises(ConfigError, match="threshold"):
         SecAggAggregator(threshold=2).aggregate(updates(6, 4), round_index=0)
+
+
+def test_fedavg_core_round_with_secagg_matches_plaintext():
+    import torch
+    from secagg.fl.core import ClientData, FedConfig, FederatedServer
+
+    class Tiny:
+        supervised = True
+
+        def __init__(self):
+            torch.manual_seed(0)
+            self.module = torch.nn.Linear(3, 1)
+            self.threshold = None
+
+        def train_epochs(self, X, y, *, epochs=1, batch_size=64, lr=1e-3, prox_mu=0.0, prox_center=None):
+            opt = torch.optim.SGD(self.module.parameters(), lr=lr)
+            X, t = torch.as_tensor(X), torch.as_tensor(y, dtype=torch.float32)[:, None]
+            for _ in range(epochs):
+                opt.zero_grad()
+                loss = torch.mean((self.module(X) - t) ** 2)
+                loss.backward()
+                opt.step()
+            return loss.item()
+
+    rng = np.random.default_rng(0)
+    clients = []
+    for i, m in enumerate([10, 30, 60, 25]):
+        X = rng.normal(size=(m, 3)).astype(np.float32)
+        clients.append(ClientData(i, X, (X[:, 0] > 0).astype(int)))
+    cfg = FedConfig(rounds=1, local_epochs=2, lr=0.1)
+    plain = FederatedServer(lambda: Tiny(), clients, WeightedMeanAggregator(), cfg)
+    plain.run_round(0)
+    sec = FederatedServer(lambda: Tiny(), clients, SecAggAggregator(mode="active"), cfg)
+    rec = sec.run_round(0)
+    assert np.max(np.abs(sec.global_params - plain.global_params)) <= 2 / 2**16
+    assert sorted(rec.included) == [0, 1, 2, 3]
