@@ -86,13 +86,14 @@ class FlowerAppConfig:
     min_nodes: int = 2
     wait_for_nodes_s: float = 60.0
     stage_timeout_s: float = 60.0
+    straggler_grace_s: float = 0.0
     # masked secure aggregation (secagg / secaggplus)
     threshold: int = 0
     neighbours: int = 0
     clip: float = 1.0
     bits: int = 16
     modulus_bits: int = 32
-    max_weight: int = 1024
+    max_weight: int = 256
     # where to write the JSON report ("" = do not write)
     result_path: str = ""
     evaluate: bool = True
@@ -109,6 +110,8 @@ class FlowerAppConfig:
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch-size must be an int >= 1, got {self.batch_size!r}")
         need(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr!r}")
         need(isinstance(self.min_nodes, int) and self.min_nodes >= 2, f"min-nodes must be an int >= 2, got {self.min_nodes!r}")
+        need(isinstance(self.straggler_grace_s, (int, float)) and math.isfinite(self.straggler_grace_s) and self.straggler_grace_s >= 0,
+             f"straggler-grace-s must be a finite number of seconds >= 0 (0 = off), got {self.straggler_grace_s!r}")
         for name in ("wait_for_nodes_s", "stage_timeout_s"):
             v = getattr(self, name)
             need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"{name.replace('_', '-')} must be a finite number of seconds > 0, got {v!r}")
@@ -309,7 +312,8 @@ def run_server(grid: Grid, context: Context, cfg: FlowerAppConfig, sink: Callabl
             "included_partitions": sorted(partition_of[n] for n in res.included if n in partition_of),
             "upload_bytes": {str(k): v for k, v in res.upload_bytes.items()},
             "download_bytes": {str(k): v for k, v in res.download_bytes.items()},
-            "metrics": res.metrics,
+            "metrics": res.metrics, "errors": res.errors,
+            "ring_total": None if res.ring_total is None else [int(x) for x in res.ring_total],
         })
         live = [n for n in nodes if n not in res.dropped]
         if len(live) >= cfg.min_nodes:

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 from secagg.errors import ConfigError
 from secagg.integrations.flower.he import HEWorkflow, he_mod
+from secagg.integrations.flower.smpc import SecAggWorkflow, secagg_mod
 from secagg.integrations.flower.workflow import PlaintextWorkflow, RoundWorkflow
 
-LAYERS = ("plaintext", "ckks", "paillier")
+LAYERS = ("plaintext", "secagg", "secaggplus", "ckks", "paillier")
 
 if TYPE_CHECKING:
     from secagg.integrations.flower.app import FlowerAppConfig
@@ -26,6 +27,10 @@ def build_workflow(cfg: "FlowerAppConfig") -> RoundWorkflow:
     common = {"stage_timeout_s": cfg.stage_timeout_s, "min_clients": cfg.min_nodes}
     if cfg.layer == "plaintext":
         inner: RoundWorkflow = PlaintextWorkflow(**common)
+    elif cfg.layer in ("secagg", "secaggplus"):
+        inner = SecAggWorkflow(plus=cfg.layer == "secaggplus", threshold=cfg.threshold, degree=cfg.neighbours, clip=cfg.clip,
+                               bits=cfg.bits, modulus_bits=cfg.modulus_bits, max_weight=cfg.max_weight,
+                               straggler_grace_s=cfg.straggler_grace_s or None, **common)
     elif cfg.layer in ("ckks", "paillier"):
         inner = HEWorkflow(cfg.layer, value_bound=cfg.clip, **common)
     else:
@@ -35,4 +40,4 @@ def build_workflow(cfg: "FlowerAppConfig") -> RoundWorkflow:
 
 def client_mods() -> list:
     """Client mods of every layer, outermost first."""
-    return [he_mod]
+    return [secagg_mod, he_mod]

@@ -42,6 +42,9 @@ class FlowerRoundResult:
     upload_bytes: dict[int, int] = field(default_factory=dict)
     download_bytes: dict[int, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    #: masked-aggregation layers: the unmasked ring sum (for exactness checks)
+    ring_total: np.ndarray | None = None
 
 
 def check_timeout(stage_timeout_s: float | None) -> None:
@@ -50,6 +53,34 @@ def check_timeout(stage_timeout_s: float | None) -> None:
         return
     if not (isinstance(stage_timeout_s, (int, float)) and math.isfinite(stage_timeout_s) and stage_timeout_s > 0):
         raise ConfigError(f"stage_timeout_s must be None or a finite number of seconds > 0, got {stage_timeout_s!r}")
+
+
+def send_and_collect(grid: Grid, messages: Sequence[Message], timeout_s: float | None, grace_s: float | None = None) -> list[Message]:
+    """Push ``messages`` and pull replies until all arrived, ``timeout_s`` passed, or -- when
+    ``grace_s`` is set -- ``grace_s`` passed since the first reply (stragglers are dropped).
+
+    Flower's own ``Grid.send_and_receive`` has only the overall timeout; the grace period
+    lets a round that lost a node move on soon after the live nodes have answered.
+    """
+    ids = set(grid.push_messages(list(messages)))
+    out: list[Message] = []
+    start = time.monotonic()
+    first: float | None = None
+    while ids:
+        got = list(grid.pull_messages(list(ids)))
+        if got and first is None:
+            first = time.monotonic()
+        out.extend(got)
+        ids.difference_update(m.metadata.reply_to_message_id for m in got)
+        if not ids:
+            break
+        now = time.monotonic()
+        if timeout_s is not None and now - start >= timeout_s:
+            break
+        if grace_s is not None and first is not None and now - first >= grace_s:
+            break
+        time.sleep(0.05)
+    return out
 
 
 def train_message(node_id: int, content: RecordDict, round_index: int) -> Message:
