@@ -238,3 +238,12 @@ def test_zeek_field_count_and_label_errors(tmp_path: Path) -> None:
 def test_directory_without_data_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="contains no CSV files"):
         load_cicids2017(tmp_path)
+
+
+def test_cicflowmeter_quirks_duplicate_names_and_cp1252_labels(tmp_path: Path) -> None:
+    # the original MachineLearningCVE files spell 'Web Attack \x96 Brute Force' in cp1252
+    f = tmp_path / "quirks.csv"
+    f.write_bytes(b" Flow Duration,Flow Duration, Label\n1,2,BENIGN\n3,4,Web Attack \x96 Brute Force\n")
+    ds = load_cicids2017(f)
+    assert ds.feature_names == ("Flow Duration", "Flow Duration.1")
+    assert ds.y.tolist() == [0, 1] and ds.labels[1].startswith("Web Attack")

@@ -54,7 +54,6 @@ device word in the file name (``doorbell``, ``thermostat``, ...), else the file 
 from __future__ import annotations
 
 import gzip
-import io
 import re
 from pathlib import Path
 from typing import Iterable
@@ -102,16 +101,23 @@ def _read_text(f: Path) -> str:
 
 
 def _read_csv(f: Path) -> pd.DataFrame:
-    text = _read_text(f)
-    if not text.strip():
-        raise DataError(f"{f}: file is empty")
+    """CSV (optionally gzip) -> DataFrame with stripped, unique column names."""
     try:
-        df = pd.read_csv(io.StringIO(text), low_memory=False)
+        df = pd.read_csv(f, low_memory=False, encoding_errors="replace")
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{f}: file is empty") from e
     except pd.errors.ParserError as e:
         raise DataError(f"{f}: malformed CSV ({e})") from e
-    df.columns = [str(c).strip() for c in df.columns]
+    except (OSError, EOFError, UnicodeError) as e:
+        raise DataError(f"{f}: cannot read ({e})") from e
+    names: list[str] = []
+    for c in (str(c).strip() for c in df.columns):
+        base, k = c, 0
+        while c in names:  # ' X' and 'X' collide after stripping: keep both as X, X.1
+            k += 1
+            c = f"{base}.{k}"
+        names.append(c)
+    df.columns = names
     if len(df) == 0:
         raise DataError(f"{f}: header but no data rows")
     return df
