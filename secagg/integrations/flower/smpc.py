@@ -68,13 +68,29 @@ STATE_RECORD = "secagg.smpc.state"
 RoundingRng = Callable[[Context, int], np.random.Generator]
 
 
+def rounding_generator(seed: int, client_id: int, round_id: int) -> np.random.Generator:
+    """The stochastic-rounding generator of a node with node config ``rounding-seed``."""
+    return np.random.default_rng([int(seed), int(client_id), int(round_id)])
+
+
+def encode_update(delta: np.ndarray, num_examples: int, fp: FixedPointConfig, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The ring vector a node masks: ``encode(delta, weight=num_examples)`` followed by the weight."""
+    enc = encode(delta, fp, weight=int(num_examples), rng=rng)
+    if enc.clipped:
+        log.warning("secagg mod: %d of %d values clipped to +-%g before masking", enc.clipped, delta.shape[0], fp.clip)
+    return np.concatenate([enc.values, np.array([num_examples], dtype=ring_dtype(fp.modulus_bits))])
+
+
 class SecAggMod:
     """Client mod of our SecAgg/SecAgg+; passes every message without a ``secagg.smpc`` record through.
 
     ``rounding_rng(context, round_id)`` may supply the generator for the *stochastic rounding*
     of the fixed-point encoding (never for keys or masks, which always come from the OS
-    CSPRNG inside :mod:`secagg.smpc`); the default draws it from the CSPRNG too. Tests pass a
-    seeded one to compare ring sums bit for bit with the in-process driver.
+    CSPRNG inside :mod:`secagg.smpc`). Without it, a node whose node config sets
+    ``rounding-seed`` rounds with ``numpy.random.default_rng([seed, client_id, round_id])``
+    (reproducible runs; rounding noise is not key material, see :mod:`secagg.encoding`),
+    and every other node draws the rounding from the OS CSPRNG. Tests use this to compare
+    ring sums bit for bit with the in-process driver.
     """
 
     def __init__(self, rounding_rng: RoundingRng | None = None) -> None:
@@ -100,7 +116,7 @@ class SecAggMod:
                 setup = json.loads(bytes(saved["setup"]).decode())
                 reply = call_next(msg, context)  # the unchanged training function
                 delta, n_ex = update_from_reply(reply.content, where="local training")
-                client.set_input(self._encode(delta, n_ex, setup, context, client.config))
+                client.set_input(self._encode(delta, n_ex, setup, context, client.config, client.id))
             elif stage not in (Stage.SHARE_KEYS.name, Stage.UNMASKING.name):
                 raise ProtocolError(f"secagg mod: unknown stage {stage!r}")
             out = client.handle(bytes(rec["msg"]))
@@ -117,7 +133,8 @@ class SecAggMod:
                 raise
             return self._reply(msg, abort)
 
-    def _encode(self, delta: np.ndarray, n_ex: int, setup: dict[str, Any], context: Context, cfg: SessionConfig) -> np.ndarray:
+    def _encode(self, delta: np.ndarray, n_ex: int, setup: dict[str, Any], context: Context, cfg: SessionConfig,
+                client_id: int) -> np.ndarray:
         fp = FixedPointConfig(**setup["fixed_point"])
         max_weight = int(setup["max_weight"])
         if n_ex > max_weight:
@@ -125,11 +142,12 @@ class SecAggMod:
                               "raise max-weight on the server")
         if delta.shape[0] + 1 != cfg.vector_length:
             raise ProtocolError(f"secagg mod: update has {delta.shape[0]} values, the round expects {cfg.vector_length - 1}")
-        rng = self.rounding_rng(context, cfg.round_id) if self.rounding_rng is not None else None
-        enc = encode(delta, fp, weight=int(n_ex), rng=rng)
-        if enc.clipped:
-            log.warning("secagg mod: %d of %d values clipped to +-%g before masking", enc.clipped, delta.shape[0], fp.clip)
-        return np.concatenate([enc.values, np.array([n_ex], dtype=ring_dtype(fp.modulus_bits))])
+        rng = None
+        if self.rounding_rng is not None:
+            rng = self.rounding_rng(context, cfg.round_id)
+        elif "rounding-seed" in context.node_config:
+            rng = rounding_generator(int(context.node_config["rounding-seed"]), client_id, cfg.round_id)
+        return encode_update(delta, n_ex, fp, rng)
 
     @staticmethod
     def _reply(msg: Message, data: bytes) -> Message:
