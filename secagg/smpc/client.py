@@ -107,13 +107,14 @@ class SecAggClient:
         self._shares: dict[int, tuple[int, int]] = {}  # owner -> (b share, s share) held by me
         self._U2: frozenset[int] = frozenset()
         self._signed_u3: tuple[int, ...] | None = None
+        self._masked_sent = False
         if input_vector is not None:
             self.set_input(input_vector)
 
     # ------------------------------------------------------------------ API
     def set_input(self, vector: np.ndarray) -> None:
         """The client's private input: L integers in [0, 2**k) (use secagg.encoding for floats)."""
-        if self.stage > M.Stage.MASKED_INPUT or (self.stage == M.Stage.MASKED_INPUT and self._masked_sent):
+        if self._masked_sent:
             raise ProtocolError("input can no longer change: the masked input was already sent")
         v = np.asarray(vector)
         L, k = self.config.vector_length, self.config.modulus_bits
@@ -126,8 +127,6 @@ class SecAggClient:
         if v.size and (v.min() < 0 or (k < 64 and int(v.max()) >= 2**k)):
             raise VectorLengthError(f"client {self.id}: input values must lie in [0, 2**{k})")
         self._input = v.astype(self._dtype, copy=True)
-
-    _masked_sent = False
 
     def start(self) -> bytes:
         """Round 0 AdvertiseKeys: make the two X25519 key pairs and return the (signed) advertisement."""
@@ -148,11 +147,7 @@ class SecAggClient:
         (with ``abort_message``) on anything out of order, replayed, tampered or malicious."""
         try:
             return self._handle(data)
-        except ProtocolError as e:
-            stage = self.stage if self.stage <= M.Stage.ABORTED else M.Stage.ABORTED
-            e.abort_message = self._msg(M.Kind.ABORT, M.Abort(f"{type(e).__name__}: {e}"), stage=stage)
-            raise
-        except NotEnoughClientsError as e:
+        except (ProtocolError, NotEnoughClientsError) as e:
             e.abort_message = self._msg(M.Kind.ABORT, M.Abort(f"{type(e).__name__}: {e}"), stage=self.stage)
             raise
 

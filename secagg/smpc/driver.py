@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from secagg.errors import ConfigError, ProtocolError
+from secagg.errors import ConfigError, NotEnoughClientsError, ProtocolError
 from secagg.smpc import messages as M
 from secagg.smpc.client import SecAggClient
 from secagg.smpc.config import SessionConfig
@@ -207,7 +207,7 @@ def run_round(
             t0 = time.perf_counter()
             try:
                 reply = clients[u].handle(msg)
-            except ProtocolError as e:
+            except (ProtocolError, NotEnoughClientsError) as e:
                 abort = getattr(e, "abort_message", None)
                 if abort is None:
                     raise

@@ -223,7 +223,6 @@ class SecAggServer:
             ents = tuple((u, self._cts[u][v]) for u in sorted(g[v] & U2))
             out[v] = self._send(M.Kind.SHARES_FORWARD, M.ShareCiphertexts(ents), v)
         self._cts = {}  # forwarded; the server keeps no ciphertexts
-        self._cts_done = True
         self.stage = M.Stage.MASKED_INPUT
         return out
 
