@@ -136,3 +136,32 @@ def test_over_selection_helpers():
         assert math.ceil(fr * n) == min(n, math.ceil(target * 1.3))
     with pytest.raises(ConfigError, match="target"):
         over_selection_fraction(0, 10)
+
+
+def test_wrappers_compose_with_real_secure_aggregation():
+    """Over-selection + pre-mask trust weights + client clipping + 8-bit compression around the real
+    Bonawitz aggregator give the same aggregate as the same chain around plaintext FedAvg."""
+    from secagg.fl.robust import ClientClipping
+    from secagg.fl.secure_aggregators import SecAggAggregator
+    from secagg.fl.trust import PreMaskTrustWeighting
+
+    rng = np.random.default_rng(0)
+    updates = [ClientUpdate(i, rng.normal(0, 0.05, 40).astype(np.float32), 10 + i) for i in range(6)]
+    updates[5] = ClientUpdate(5, np.full(40, 0.5, np.float32), 15)  # large: gets clipped
+    trust = {0: 1.0, 1: 0.5, 2: 0.0, 3: 1.0, 4: 0.8, 5: 1.0}
+
+    def chain(inner):
+        return ParticipationAggregator(
+            PreMaskTrustWeighting(CompressedAggregator(ClientClipping(inner, bound=0.4), UniformQuantizer(8, stochastic=False)),
+                                  trust),
+            target=5, latency=table_latency(LAT), weighting="inverse_probability")
+
+    secure = chain(SecAggAggregator(clip=1.0, bits=16, seed=0))
+    plain = chain(WeightedMeanAggregator())
+    assert secure.hides_individual_updates is bool(getattr(SecAggAggregator, "hides_individual_updates", False))
+    for rnd in range(2):
+        rs = secure.aggregate(updates, round_index=rnd)
+        rp = plain.aggregate(updates, round_index=rnd)
+        assert set(rs.included) == set(rp.included) == {0, 1, 3, 5}  # 4 is cut by target, 2 has trust 0
+        np.testing.assert_allclose(rs.delta, rp.delta, atol=1e-3)
+        assert rs.metrics["smpc_survivors"] == 4

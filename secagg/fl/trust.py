@@ -31,7 +31,7 @@ Costs: O(n d) per round plus one root update; reputation memory O(number of clie
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
