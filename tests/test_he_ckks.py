@@ -66,7 +66,7 @@ def test_weighted_mean_within_stated_error(keys, client, n, length, seed, scale)
     res = _run(_server(keys), client, xs, weights)
     err = np.max(np.abs(res.mean - _ref(xs, weights)))
     assert err <= res.error_bound
-    assert res.error_bound == pytest.approx(CKKS_8192.rel_error_bound * 100.0)
+    assert res.error_bound == pytest.approx(CKKS_8192.error_bound(100.0))
     assert res.included == tuple(weights)
 
 
@@ -77,7 +77,8 @@ def test_16384_preset_is_more_precise():
     xs = [rng.uniform(-1, 1, 1000) for _ in range(3)]
     weights = {1: 5, 2: 1, 3: 9}
     res = _run(srv, cl, xs, weights)
-    assert np.max(np.abs(res.mean - _ref(xs, weights))) <= 1e-8 == res.error_bound
+    assert res.error_bound == CKKS_16384.error_bound(1.0) < CKKS_8192.error_bound(1.0) / 10
+    assert np.max(np.abs(res.mean - _ref(xs, weights))) <= res.error_bound
 
 
 def test_explicit_chunking_one_ciphertext_per_slot_chunk(keys, client):
@@ -265,15 +266,19 @@ def test_presets_state_128_bit_security_and_reject_insecure_moduli():
         assert p.security_bits == 128 and p.max_clients >= 1000
     assert sum(CKKS_8192.coeff_mod_bit_sizes) <= 218 and sum(CKKS_16384.coeff_mod_bit_sizes) <= 438
     with pytest.raises(ConfigError, match="exceeds 218 bits"):
-        CKKSPreset("bad", 8192, (60, 60, 60, 60), 40, rel_error_bound=1e-6)
+        CKKSPreset("bad", 8192, (60, 60, 60, 60), 40, abs_error_bound=1e-7, rel_error_bound=1e-11)
     with pytest.raises(ConfigError, match="poly_modulus_degree"):
-        CKKSPreset("bad", 3000, (60, 40, 60), 40, rel_error_bound=1e-6)
+        CKKSPreset("bad", 3000, (60, 40, 60), 40, abs_error_bound=1e-7, rel_error_bound=1e-11)
+    # the weighted product (scale 2^80, never rescaled) must fit the data modulus
+    with pytest.raises(ConfigError, match="needs 98 bits of data modulus, only 80"):
+        CKKSPreset("bad", 8192, (40, 40, 60), 40, abs_error_bound=1e-7, rel_error_bound=1e-11, max_abs_value=2.0**16)
 
 
 def test_choose_preset():
     assert choose_ckks_preset(10, 5) is CKKS_8192
     assert choose_ckks_preset(100_000, 100) is CKKS_8192  # fewer bytes per value
     assert choose_ckks_preset(100_000, 1000, tolerance=1e-7) is CKKS_16384
+    assert choose_ckks_preset(100_000, 1000, tolerance=2e-7) is CKKS_8192
     with pytest.raises(ConfigError, match="no preset supports 1001 clients"):
         choose_ckks_preset(10, 1001)
     with pytest.raises(ConfigError, match="no preset"):
