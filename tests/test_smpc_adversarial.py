@@ -363,3 +363,22 @@ def test_bad_configs():
         SessionConfig(new_session_id(), 0, ids, 3, 4, mode="active")
     with pytest.raises(ConfigError, match="degree"):
         SessionConfig(new_session_id(), 0, ids, 3, 4, degree=3)
+
+
+def test_driver_surfaces_refusal_of_a_malicious_server(monkeypatch):
+    from secagg.smpc import driver
+    from secagg.smpc import run_round
+
+    class GreedyServer(SecAggServer):
+        """Asks for both secrets of client 2 by listing it as survivor and dropped."""
+
+        def _close_masked_input(self):
+            out = super()._close_masked_input()
+            req = M.UnmaskRequest(self._U3, (2,))
+            return {u: self._send(M.Kind.UNMASK_REQUEST, req, u) for u in out}
+
+    monkeypatch.setattr(driver, "SecAggServer", GreedyServer)
+    r = Round(n=5, t=3)
+    with pytest.raises(ClientAbortError, match="both survivor and dropped") as ei:
+        run_round(r.cfg, r.inputs)
+    assert isinstance(ei.value.__cause__, UnmaskRefusedError)
