@@ -27,7 +27,11 @@ How each row is obtained (also printed under the table):
 Writes ``results/he_table.md`` atomically (tmp file + os.replace). ``--quick`` runs a
 small configuration (10,000 values, 5 and 10 clients) for smoke testing.
 
-Usage: ``python benchmarks/he_table.py [--quick] [--length N] [--clients 10 100] [--out PATH]``
+``--precision`` instead measures the CKKS error of the weighted mean against client count
+(1..1000) and input magnitude, the evidence for the presets' stated bounds
+(``results/he_precision.md``).
+
+Usage: ``python benchmarks/he_table.py [--quick] [--length N] [--clients 10 100] [--out PATH] [--precision]``
 """
 
 from __future__ import annotations
@@ -281,6 +285,35 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def precision_study(out: Path, counts: list[int]) -> str:
+    """Worst CKKS error of the weighted mean vs client count and magnitude (one chunk of N/2 values).
+
+    Backs the stated bounds of the presets; writes ``out`` atomically.
+    """
+    lines = ["# CKKS precision of the weighted mean (measured)", "",
+             "| preset | clients | max abs input | max abs error | stated bound | bound / error |", "|---|---|---|---|---|---|"]
+    rng = np.random.default_rng(1)
+    tasks = [(p, n, amp) for p in (CKKS_8192, CKKS_16384) for n in counts for amp in (1e-3, 1.0, 6.5e4)]
+    with tqdm(total=sum(n for _, n, _ in tasks), desc="precision", unit="client") as bar:
+        for preset, n, amp in tasks:
+            kh = CKKSKeyHolder(preset)
+            client = CKKSClient(kh.secret_bundle(), value_bound=amp)
+            weights = {i: int(w) for i, w in enumerate(rng.integers(1, 1000, n))}
+            rnd = CKKSServer(kh.public_bundle()).open_round(0, weights, preset.slots)
+            acc = np.zeros(preset.slots)
+            for i, w in weights.items():
+                x = rng.uniform(-amp, amp, preset.slots)
+                acc += w * x
+                rnd.add(client.encrypt(x, round_index=0, client_id=i))
+                bar.update(1)
+            res = client.decrypt(rnd.finish())
+            err = float(np.max(np.abs(res.mean - acc / sum(weights.values()))))
+            lines.append(f"| {preset.name} | {n} | {amp:g} | {err:.2e} | {res.error_bound:.2e} | {res.error_bound / err:.0f}x |")
+    text = "\n".join(lines) + "\n"
+    write_atomic(out, text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small smoke run: 10,000 values, 5 and 10 clients")
@@ -290,7 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paillier-clients", type=int, default=None, help="clients that really encrypt under packed Paillier (default 2; quick 1)")
     ap.add_argument("--naive-sample", type=int, default=None, help="values encrypted by naive Paillier (default 200; quick 40)")
     ap.add_argument("--out", type=Path, default=Path("results/he_table.md"))
+    ap.add_argument("--precision", action="store_true", help="instead: CKKS error vs client count (1, 10, 100, 1000; quick 1, 10) -> results/he_precision.md")
     args = ap.parse_args(argv)
+    if args.precision:
+        out = args.out if args.out != Path("results/he_table.md") else Path("results/he_precision.md")
+        print(precision_study(out, [1, 10] if args.quick else [1, 10, 100, 1000]))
+        return 0
     length = args.length or (10_000 if args.quick else 100_000)
     clients = sorted(set(args.clients or ([5, 10] if args.quick else [10, 100])))
     pai_m = args.paillier_clients or (1 if args.quick else 2)
@@ -342,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{CKKS_16384.name} coeff_mod {list(CKKS_16384.coeff_mod_bit_sizes)} scale 2^{CKKS_16384.scale_bits}.",
         f"Workload: {length:,} values uniform in [-1, 1] per client, integer weights in [1, {MAX_WEIGHT}]; "
         f"bytes are serialized message sizes (framing included).",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}; run took {wall:.0f} s"
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}; "
+        f"load average at the end {os.getloadavg()[0]:.1f} (shared machine: times include contention); run took {wall:.0f} s"
         + (" (--quick)" if args.quick else "") + ".",
     ]
     header = f"# Homomorphic aggregation costs: {length:,}-value update, {' and '.join(map(str, clients))} clients"

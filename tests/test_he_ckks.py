@@ -66,7 +66,7 @@ def test_weighted_mean_within_stated_error(keys, client, n, length, seed, scale)
     res = _run(_server(keys), client, xs, weights)
     err = np.max(np.abs(res.mean - _ref(xs, weights)))
     assert err <= res.error_bound
-    assert res.error_bound == pytest.approx(CKKS_8192.error_bound(100.0))
+    assert res.error_bound == pytest.approx(CKKS_8192.error_bound(100.0, 1.0, n))
     assert res.included == tuple(weights)
 
 
@@ -77,7 +77,7 @@ def test_16384_preset_is_more_precise():
     xs = [rng.uniform(-1, 1, 1000) for _ in range(3)]
     weights = {1: 5, 2: 1, 3: 9}
     res = _run(srv, cl, xs, weights)
-    assert res.error_bound == CKKS_16384.error_bound(1.0) < CKKS_8192.error_bound(1.0) / 10
+    assert res.error_bound == CKKS_16384.error_bound(1.0, 1.0, 3) < CKKS_8192.error_bound(1.0, 1.0, 3) / 10
     assert np.max(np.abs(res.mean - _ref(xs, weights))) <= res.error_bound
 
 
@@ -285,3 +285,14 @@ def test_choose_preset():
         choose_ckks_preset(10, 5, tolerance=1e-12)
     with pytest.raises(ConfigError, match="length"):
         choose_ckks_preset(0, 5)
+
+
+def test_large_values_many_clients_within_bound(keys):
+    # exercises the weight-rounding term of the bound: |x| near max, 20 clients, uneven weights
+    cl = CKKSClient(keys[2], value_bound=65_000.0)
+    rng = np.random.default_rng(11)
+    xs = [rng.uniform(-65_000, 65_000, 64) for _ in range(20)]
+    weights = {i: int(w) for i, w in enumerate(rng.integers(1, 1000, 20))}
+    res = _run(_server(keys), cl, xs, weights)
+    assert np.max(np.abs(res.mean - _ref(xs, weights))) <= res.error_bound
+    assert res.error_bound == pytest.approx(CKKS_8192.error_bound(65_000.0, 1.0, 20))

@@ -156,7 +156,7 @@ class CKKSAggregator(_HEAggregatorBase):
 
     def _stated_bound(self, res, updates: Sequence[ClientUpdate]) -> float:
         peak = max(float(np.max(np.abs(u.delta))) for u in updates)
-        return self.preset.error_bound(peak, res.received_fraction)
+        return self.preset.error_bound(peak, res.received_fraction, len(res.included))
 
     def _ciphertexts(self, length: int) -> int:
         return self.preset.num_chunks(length)

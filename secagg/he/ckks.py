@@ -32,11 +32,13 @@ Guarantees
 * Precision: CKKS is approximate. For inputs with ``|x| <= value_bound`` (a public bound
   the clients agree on, at most ``preset.max_abs_value``) and at most
   ``preset.max_clients`` clients, the absolute error of every coordinate of the mean is
-  at most ``(abs_error_bound + rel_error_bound * value_bound) / received_fraction``
-  (:meth:`CKKSPreset.error_bound`). The bounds are >= 10x above the worst error we
-  measured for 1..1000 clients and |x| up to 65,000 (see ``docs/he.md``). The error does
-  not grow with the number of clients: weights sum to 1, so the weighted noise is at most
-  one client's encryption noise.
+  at most ``(abs_error_bound + (rel_error_bound + n * 2**-(scale_bits+1)) * value_bound)
+  / received_fraction`` for n included clients (:meth:`CKKSPreset.error_bound`). The
+  encryption-noise part does not grow with n (weights sum to 1, so the weighted noise is
+  at most one client's); the ``n * 2**-(scale_bits+1)`` term is the worst case of
+  rounding each weight ``w_i / W`` to the encoding scale. The constants are >= 5x above the
+  worst errors measured for 1..1000 clients and |x| from 1e-3 to 65,000
+  (``python benchmarks/he_table.py --precision``, table in ``docs/he.md``).
 * Explicit packing: a vector of length L is cut by us into ``ceil(L / slots)`` chunks of
   at most ``slots = N/2`` values, one ciphertext each, described by the chunk manifest in
   the message; TenSEAL never splits anything itself (checked on every ciphertext).
@@ -152,9 +154,14 @@ class CKKSPreset:
         """Upper estimate of one fresh serialized ciphertext: 2 polynomials x N x primes x 8 bytes."""
         return 2 * self.poly_modulus_degree * self.fresh_level_primes * 8
 
-    def error_bound(self, max_abs: float, received_fraction: float = 1.0) -> float:
-        """Stated max absolute error per coordinate of the decrypted weighted mean (inputs |x| <= max_abs)."""
-        return (self.abs_error_bound + self.rel_error_bound * float(max_abs)) / received_fraction
+    def error_bound(self, max_abs: float, received_fraction: float = 1.0, n_clients: int = 1) -> float:
+        """Stated max absolute error per coordinate of the decrypted weighted mean.
+
+        ``max_abs``: bound on |inputs|; ``n_clients``: clients in the sum (each weight
+        ``w_i/W`` is rounded to ``2**-scale_bits``, at most ``2**-(scale_bits+1)`` off).
+        """
+        weight_rounding = n_clients * 2.0 ** -(self.scale_bits + 1)
+        return (self.abs_error_bound + (self.rel_error_bound + weight_rounding) * float(max_abs)) / received_fraction
 
 
 # Measured worst errors of the weighted mean (1..1000 clients, |x| <= 1, 1e-3 and 6.5e4):
@@ -170,7 +177,7 @@ def choose_ckks_preset(length: int, n_clients: int, *, tolerance: float | None =
     """Pick the cheapest preset (fewest upload bytes, then smaller N) for a round.
 
     ``tolerance``: required max abs error for inputs with |x| <= 1
-    (``preset.error_bound(1.0)``); presets that cannot meet it, or whose ``max_clients``
+    (``preset.error_bound(1.0, n_clients=n_clients)``); presets that cannot meet it, or whose ``max_clients``
     is below ``n_clients``, are excluded.
     """
     if not isinstance(length, int) or length < 1:
@@ -182,7 +189,7 @@ def choose_ckks_preset(length: int, n_clients: int, *, tolerance: float | None =
     ok = [
         p
         for p in CKKS_PRESETS.values()
-        if p.max_clients >= n_clients and (tolerance is None or p.error_bound(1.0) <= tolerance)
+        if p.max_clients >= n_clients and (tolerance is None or p.error_bound(1.0, n_clients=n_clients) <= tolerance)
     ]
     if not ok:
         raise ConfigError(
@@ -331,7 +338,7 @@ class CKKSClient:
                 raise ProtocolError(f"CKKS client: chunk {i} decrypts to {vals.shape[0]} values, manifest says {cnt}")
             out[off : off + cnt] = vals
         mean = out / frac
-        bound = self.preset.error_bound(self.value_bound, frac)
+        bound = self.preset.error_bound(self.value_bound, frac, len(included))
         if not np.all(np.isfinite(mean)) or float(np.max(np.abs(mean))) > self.value_bound + bound:
             raise ProtocolError(
                 f"CKKS client: decrypted aggregate is out of range (|mean| > value_bound {self.value_bound:g}): "
