@@ -293,12 +293,14 @@ def run_server(grid: Grid, context: Context, cfg: FlowerAppConfig, sink: Callabl
 
     workflow = build_workflow(cfg)  # validates the layer configuration before any message is sent
     nodes = wait_for_nodes(grid, cfg.min_nodes, cfg.wait_for_nodes_s)
+    t_query = time.perf_counter()
     parts = _ask(grid, nodes, "query", RecordDict({"q": ConfigRecord({"what": "partition"})}), "0", cfg.stage_timeout_s)
     partition_of = {nid: int(m.content.config_records["partition"]["partition-id"]) for nid, m in parts.items()}
     nodes = sorted(partition_of)
+    query_s = time.perf_counter() - t_query
     global_vec = initial_parameters(cfg.dataset, cfg.seed)
     report: dict[str, Any] = {"config": cfg.to_run_config(), "partition_of": {str(k): v for k, v in partition_of.items()},
-                              "initial_params_len": int(global_vec.shape[0]), "rounds": []}
+                              "initial_params_len": int(global_vec.shape[0]), "rounds": [], "query_s": query_s}
     for r in range(cfg.num_rounds):
         train_cfg = ConfigRecord({"round": r, "dataset": cfg.dataset, "seed": cfg.seed, "local-epochs": cfg.local_epochs,
                                   "lr": float(cfg.lr), "batch-size": cfg.batch_size})

@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -239,9 +240,11 @@ class SecAggWorkflow(RoundWorkflow):
                             "fixed_point": {"clip": self.fp.clip, "bits": self.fp.bits, "modulus_bits": self.fp.modulus_bits}}).encode()
         server = SecAggServer(cfg)
         errors: list[str] = []
+        stage_s: dict[str, float] = {}
         outbox = {cid[n]: b"" for n in nodes}
         while server.stage not in (Stage.DONE, Stage.ABORTED):
             stage = server.stage
+            t_stage = time.perf_counter()
             msgs = []
             for c, data in outbox.items():
                 rec: dict[str, Any] = {"stage": stage.name, "msg": data}
@@ -261,6 +264,7 @@ class SecAggWorkflow(RoundWorkflow):
                 except (ProtocolError, KeyError) as e:  # a bad reply is dropped, never added
                     errors.append(f"node {nid} ({stage.name}): rejected: {e}")
             outbox = server.close_stage()  # NotEnoughClientsError below the threshold: no result
+            stage_s[f"stage_{stage.name.lower()}_s"] = time.perf_counter() - t_stage
         res = server.result()
         total = res.total
         total_weight = int(total[-1])
@@ -271,7 +275,7 @@ class SecAggWorkflow(RoundWorkflow):
         return FlowerRoundResult(
             delta=mean.astype(np.float32), included=included, dropped=tuple(sorted(set(nodes) - set(included))),
             metrics={"num_examples": float(total_weight), "threshold": float(cfg.threshold),
-                     "degree": float(cfg.degree if cfg.degree is not None else len(nodes) - 1)},
+                     "degree": float(cfg.degree if cfg.degree is not None else len(nodes) - 1), **stage_s},
             errors=errors,
             ring_total=total,
         )
