@@ -263,6 +263,11 @@ class DpaPld(_DpaAccountant):
     def _make(self, relation):
         return dpa_pld.PLDAccountant(neighboring_relation=relation)
 
+    def unsupported_reason(self, events, neighbouring):
+        if any(isinstance(e, DistributedDiscreteGaussianEvent) for e in events):
+            return "the distributed discrete Gaussian has an RDP bound only, not a privacy-loss distribution"
+        return super().unsupported_reason(events, neighbouring)
+
 
 _REGISTRY: dict[str, Callable[[], Accountant]] = {}
 
