@@ -332,3 +332,71 @@ def test_threshold_that_does_not_fit_the_round_fails_before_any_message():
     with pytest.raises(ConfigError, match="max_clients"):
         SecAggWorkflow(max_clients=2)(grid, list(grid.contexts), train_content(), 0)
 
+
+
+# ---------------------------------------------------------------------------------------- DP-FedAvg + ledger
+
+
+def _dp(inner, tmp_path, *, z: float, c: float, eps: float = 50.0):
+    from secagg.integrations.flower.dp import DPFedAvgWorkflow, open_ledger
+
+    return DPFedAvgWorkflow(inner, clip_norm=c, noise_multiplier=z, ledger=open_ledger(str(tmp_path / "ledger.jsonl"), eps, 1e-5))
+
+
+@pytest.mark.parametrize("inner", ["secagg", "plaintext"])
+def test_dp_fedavg_clips_on_the_client_adds_calibrated_noise_and_ledgers_the_round(inner, tmp_path):
+    from secagg.dp import read_ledger
+
+    c, z = 0.1, 1.0
+    grid = grid_for(4)
+    base = SecAggWorkflow(threshold=3, stage_timeout_s=0.5) if inner == "secagg" else PlaintextWorkflow(stage_timeout_s=0.5)
+    wf = _dp(base, tmp_path, z=z, c=c)
+    res = wf(grid, list(grid.contexts), train_content(), 0)
+    ups = [toy_update(int(grid.contexts[v].node_config["partition-id"]))[0].astype(np.float64) for v in res.included]
+    assert all(np.linalg.norm(u) > c for u in ups)  # clipping is active for every node
+    clipped_mean = np.mean([u * (c / np.linalg.norm(u)) for u in ups], axis=0)
+    noise = res.delta - clipped_mean
+    expected_std = z * c / len(ups)
+    assert res.metrics["dp_noise_std_on_mean"] == pytest.approx(expected_std)
+    assert 0.6 * expected_std < noise.std() < 1.4 * expected_std  # L=64 draws; 4+ sigma margins
+    led = read_ledger(tmp_path / "ledger.jsonl")
+    assert led.ok and len(led.rounds) == 1
+    assert led.rounds[0]["participants"] == sorted(res.included) and led.rounds[0]["clip_norm"] == c
+    assert led.rounds[0]["noise_multiplier"] == z and res.metrics["dp_epsilon_spent"] == led.rounds[0]["epsilon_after"] > 0
+
+
+def test_dp_budget_guard_stops_before_any_message(tmp_path):
+    from secagg.dp import PrivacyBudgetExceeded
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(PrivacyBudgetExceeded):  # not even one round fits: refused at construction
+        _dp(PlaintextWorkflow(), tmp_path / "a", z=0.5, c=0.1, eps=0.05)
+    grid = grid_for(3)
+    wf = _dp(PlaintextWorkflow(stage_timeout_s=0.5), tmp_path / "b", z=3.0, c=0.1, eps=4.0)
+    spent = []
+    r = 0
+    with pytest.raises(PrivacyBudgetExceeded):
+        while r < 50:
+            wf(grid, list(grid.contexts), train_content(r), r)
+            spent.append(wf.ledger.spent_epsilon())
+            r += 1
+    assert 2 <= len(spent) < 50 and spent[-1] <= 4.0
+    pushed = []
+    push = grid.push_messages
+    grid.push_messages = lambda msgs: (pushed.extend(msgs), push(msgs))[1]  # type: ignore[method-assign]
+    with pytest.raises(PrivacyBudgetExceeded):
+        wf(grid, list(grid.contexts), train_content(r + 1), r + 1)
+    assert pushed == []
+
+
+def test_dp_requires_a_ledger_and_valid_parameters(tmp_path):
+    with pytest.raises(ConfigError, match="dp-ledger-path"):
+        build_workflow(FlowerAppConfig(dp=True))
+    with pytest.raises(ConfigError, match="noise_multiplier"):
+        build_workflow(FlowerAppConfig(dp=True, dp_noise_multiplier=0.0, dp_ledger_path=str(tmp_path / "l1")))
+    with pytest.raises(ConfigError, match="clip_norm"):
+        build_workflow(FlowerAppConfig(dp=True, dp_clip=-1.0, dp_ledger_path=str(tmp_path / "l2")))
+    build_workflow(FlowerAppConfig(dp=True, dp_ledger_path=str(tmp_path / "l3")))
+    with pytest.raises(ConfigError, match="budget"):
+        build_workflow(FlowerAppConfig(dp=True, dp_epsilon=3.0, dp_ledger_path=str(tmp_path / "l3")))

@@ -78,6 +78,9 @@ class FlowerAppConfig:
     dp_clip: float = 1.0
     dp_noise_multiplier: float = 1.0
     dp_delta: float = 1e-5
+    dp_epsilon: float = 10.0
+    dp_sampling_rate: float = 1.0
+    dp_ledger_path: str = ""
     dataset: str = "nbaiot"
     local_epochs: int = 1
     lr: float = 1e-3

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from secagg.errors import ConfigError
+from secagg.integrations.flower.dp import DPFedAvgWorkflow, dp_clip_mod, open_ledger
 from secagg.integrations.flower.he import HEWorkflow, he_mod
 from secagg.integrations.flower.smpc import SecAggWorkflow, secagg_mod
 from secagg.integrations.flower.workflow import PlaintextWorkflow, RoundWorkflow
@@ -35,9 +36,14 @@ def build_workflow(cfg: "FlowerAppConfig") -> RoundWorkflow:
         inner = HEWorkflow(cfg.layer, value_bound=cfg.clip, **common)
     else:
         raise ConfigError(f"layer must be one of {LAYERS}, got {cfg.layer!r}")
+    if cfg.dp:
+        ledger = open_ledger(cfg.dp_ledger_path, cfg.dp_epsilon, cfg.dp_delta, metadata={"app": "secagg flower example", "layer": cfg.layer})
+        return DPFedAvgWorkflow(inner, clip_norm=cfg.dp_clip, noise_multiplier=cfg.dp_noise_multiplier, ledger=ledger,
+                                sampling_rate=cfg.dp_sampling_rate)
     return inner
 
 
 def client_mods() -> list:
-    """Client mods of every layer, outermost first."""
-    return [secagg_mod, he_mod]
+    """Client mods of every layer, outermost first: the DP clipping mod is innermost (next to
+    the training function) so the secure-aggregation mods mask/encrypt the clipped update."""
+    return [secagg_mod, he_mod, dp_clip_mod]
