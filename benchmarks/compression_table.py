@@ -14,7 +14,7 @@ those bytes (the core's full-model broadcast is counted separately and not shown
 Writes ``results/compression_table.md`` atomically (tmp + os.replace).
 ``--quick``: 1 seed, 3 rounds, 3,000 training rows (smoke test).
 
-Usage: ``python benchmarks/compression_table.py [--quick] [--seeds 0 1 2] [--rounds 10] [--out PATH]``
+Usage: ``python benchmarks/compression_table.py [--quick] [--seeds 0 1 2] [--rounds 20] [--out PATH]``
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -57,7 +58,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--clients", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--train-rows", type=int, default=6000)
     ap.add_argument("--detector", default="mlp")
     ap.add_argument("--download", action="store_true", help="also compress the server's aggregate")
