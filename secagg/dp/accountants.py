@@ -70,15 +70,17 @@ RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in dpa_rdp.rdp_privacy_acco
 def quiet_engines():
     """Silence the engines' convergence chatter (dp-accounting logs a warning per skipped RDP
     order via the root logger; Opacus warns about the order range). Results are unaffected."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(), logging.getLogger("absl")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        root.setLevel(level)
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
 
 
 class UnsupportedHistoryError(SecaggError):
