@@ -80,7 +80,6 @@ class _HEAggregatorBase(Aggregator):
         up: dict[int, int] = {}
         enc_s: list[float] = []
         agg_s = 0.0
-        n_ct = 0
         for u in updates:
             t0 = time.perf_counter()
             msg = self._client.encrypt(u.delta, round_index=self._protocol_round, client_id=u.client_id)
