@@ -25,6 +25,7 @@ from uuid import uuid4
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.serverapp import Grid
@@ -54,12 +55,12 @@ class LoopbackGrid(Grid):
         self.errors: list[str] = []
         self._counter = itertools.count()
 
-    def set_run(self, run):  # type: ignore[no-untyped-def]
+    def set_run(self, run: Run) -> None:
         self._run = run
 
     @property
-    def run(self):  # type: ignore[no-untyped-def]
-        return getattr(self, "_run", None)
+    def run(self) -> Run:
+        return getattr(self, "_run", None) or Run.create_empty(self._run_id)
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # type: ignore[no-untyped-def]
         return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
