@@ -111,6 +111,8 @@ def test_dropout_mean_of_received_clients(keys, client):
 def test_server_holds_no_secret_key_and_cannot_decrypt(keys, client):
     srv = _server(keys)
     assert not srv.context.is_private() and not srv.context.has_secret_key()
+    with pytest.raises(ValueError, match="doesn't support encryption"):
+        ts.ckks_vector(srv.context, [1.0])  # no key at all: it cannot even encrypt
     rnd = srv.open_round(0, {1: 1}, 10)
     rnd.add(client.encrypt(np.arange(10.0), round_index=0, client_id=1))
     agg = HEMessage.from_bytes(rnd.finish())
@@ -132,7 +134,10 @@ def test_server_refuses_the_secret_bundle(keys):
     pub = HEMessage.from_bytes(keys[1])
     from secagg.he.messages import context_id_of
 
-    forged = dataclasses.replace(pub, blobs=(sec_blob,), context_id=context_id_of(sec_blob)).to_bytes()
+    from secagg.he.ckks import _ckks_context_id
+
+    key_id = bytes.fromhex(pub.params["key_id"])
+    forged = dataclasses.replace(pub, blobs=(sec_blob,), context_id=_ckks_context_id(key_id, sec_blob)).to_bytes()
     with pytest.raises(ConfigError, match="secret key"):
         CKKSServer(forged)
 
@@ -296,3 +301,13 @@ def test_large_values_many_clients_within_bound(keys):
     res = _run(_server(keys), cl, xs, weights)
     assert np.max(np.abs(res.mean - _ref(xs, weights))) <= res.error_bound
     assert res.error_bound == pytest.approx(CKKS_8192.error_bound(65_000.0, 1.0, 20))
+
+
+def test_each_key_has_its_own_context_id():
+    a, b = CKKSKeyHolder(CKKS_8192), CKKSKeyHolder(CKKS_8192)
+    assert a.context_id != b.context_id  # same parameters, different keys
+    pub = HEMessage.from_bytes(a.public_bundle())
+    assert len(pub.blobs[0]) < 1000  # parameters only: no public, relin or Galois key
+    forged = dataclasses.replace(pub, params={**pub.params, "key_id": "00" * 16}).to_bytes()
+    with pytest.raises(ProtocolError, match="does not match its context_id"):
+        CKKSServer(forged)

@@ -5,8 +5,12 @@ Roles and threat model
 * A designated **key holder** (one of the clients) creates a TenSEAL context with the
   secret key (:class:`CKKSKeyHolder`). It hands the *secret bundle* to every client over
   an authenticated, confidential client-to-client channel (never through the server)
-  and the *public bundle* (public key only; no secret, relinearization or Galois keys)
-  to the server.
+  and the *public bundle* to the server: the encryption parameters only, with no
+  secret, public, relinearization or Galois key.
+* Because every client holds the secret key anyway, clients encrypt with TenSEAL's
+  **symmetric** (secret-key) RLWE encryption: same security assumption, 1.7x faster
+  than public-key encryption, ~10x less noise, and the server, holding no key at all,
+  cannot create fresh encryptions (TenSEAL refuses: "context doesn't support encryption").
 * **Clients** (:class:`CKKSClient`) encrypt their update in slot-sized chunks cut by
   this module and decrypt the aggregate the server sends back.
 * The **server** (:class:`CKKSServer`) holds a public context (``is_private()`` is
@@ -62,6 +66,7 @@ N=16384 (checked in :class:`CKKSPreset`).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -239,6 +244,24 @@ def _preset_from_json(obj: dict) -> CKKSPreset:
         raise ProtocolError(f"CKKS key bundle: malformed preset ({exc})") from None
 
 
+def _public_blob(ctx: ts.Context) -> bytes:
+    return ctx.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+
+
+def _ckks_context_id(key_id: bytes, public_blob: bytes) -> bytes:
+    return context_id_of(b"secagg-ckks-v1" + key_id + public_blob)
+
+
+def _key_id_from(msg: HEMessage, *, who: str) -> bytes:
+    try:
+        key_id = bytes.fromhex(msg.params["key_id"])
+    except (KeyError, TypeError, ValueError):
+        raise ProtocolError(f"{who}: key bundle lacks a valid key_id") from None
+    if len(key_id) != 16:
+        raise ProtocolError(f"{who}: key_id must be 16 bytes")
+    return key_id
+
+
 def _load_context(blob: bytes, *, who: str) -> ts.Context:
     try:
         return ts.context_from(blob)
@@ -251,20 +274,29 @@ class CKKSKeyHolder:
 
     def __init__(self, preset: CKKSPreset | str = CKKS_8192) -> None:
         self.preset = _preset_from(preset)
-        ctx = ts.context(ts.SCHEME_TYPE.CKKS, self.preset.poly_modulus_degree, coeff_mod_bit_sizes=list(self.preset.coeff_mod_bit_sizes))
+        ctx = ts.context(
+            ts.SCHEME_TYPE.CKKS, self.preset.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(self.preset.coeff_mod_bit_sizes), encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
+        )
         ctx.global_scale = 2.0**self.preset.scale_bits
         self._ctx = ctx
-        self._public_blob = ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
-        self.context_id = context_id_of(self._public_blob)
+        # the parameters-only context is the same for every key of a preset: a random key id
+        # (OS CSPRNG) makes the context id unique per key
+        self._key_id = os.urandom(16)
+        self._public_blob = _public_blob(ctx)
+        self.context_id = _ckks_context_id(self._key_id, self._public_blob)
+
+    def _params(self) -> dict:
+        return {"preset": _preset_json(self.preset), "key_id": self._key_id.hex()}
 
     def public_bundle(self) -> bytes:
-        """What the server gets: the public context (no secret, relin or Galois keys)."""
-        return HEMessage("ckks", "public_key", self.context_id, params={"preset": _preset_json(self.preset)}, blobs=(self._public_blob,)).to_bytes()
+        """What the server gets: the parameters-only context (no secret, public, relin or Galois key)."""
+        return HEMessage("ckks", "public_key", self.context_id, params=self._params(), blobs=(self._public_blob,)).to_bytes()
 
     def secret_bundle(self) -> bytes:
         """What every client gets (over a confidential client-to-client channel): the secret context."""
-        blob = self._ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
-        return HEMessage("ckks", "secret_key", self.context_id, params={"preset": _preset_json(self.preset)}, blobs=(blob,)).to_bytes()
+        blob = self._ctx.serialize(save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+        return HEMessage("ckks", "secret_key", self.context_id, params=self._params(), blobs=(blob,)).to_bytes()
 
 
 @dataclass(frozen=True)
@@ -291,8 +323,7 @@ class CKKSClient:
         ctx = _load_context(msg.blobs[0], who="CKKS client")
         if not ctx.is_private():
             raise ConfigError("CKKS client: the bundle holds no secret key; clients need the secret bundle from the key holder")
-        pub = ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
-        if context_id_of(pub) != msg.context_id:
+        if _ckks_context_id(_key_id_from(msg, who="CKKS client"), _public_blob(ctx)) != msg.context_id:
             raise ProtocolError("CKKS secret bundle: context does not match its context_id")
         vb = self.preset.max_abs_value if value_bound is None else float(value_bound)
         if not (0 < vb <= self.preset.max_abs_value):
@@ -356,7 +387,7 @@ class CKKSServer:
             raise ConfigError(f"CKKS server: expected the public bundle, got a {msg.kind!r} bundle (the server must never hold the secret key)")
         if len(msg.blobs) != 1:
             raise ProtocolError("CKKS public bundle: expected exactly one context blob")
-        if context_id_of(msg.blobs[0]) != msg.context_id:
+        if _ckks_context_id(_key_id_from(msg, who="CKKS server"), msg.blobs[0]) != msg.context_id:
             raise ProtocolError("CKKS public bundle: context does not match its context_id")
         ctx = _load_context(msg.blobs[0], who="CKKS server")
         if ctx.is_private():
