@@ -317,3 +317,15 @@ def test_tampered_aggregate_detected_by_decryptor(keys, client):
     forged = dataclasses.replace(agg, params={**agg.params, "total_weight": 10**9}).to_bytes()
     with pytest.raises(ProtocolError, match="total_weight"):
         client.decrypt(forged)
+
+
+def test_3072_bit_key_packs_more_values_and_aggregates():
+    cfg = PaillierConfig(key_bits=3072, value_bits=16, clip=1.0, max_total_weight=64)
+    assert cfg.security_bits == 128 and cfg.slots_per_ciphertext == 3071 // cfg.slot_bits
+    kh = PaillierKeyHolder(cfg)
+    srv, cl = PaillierServer(kh.public_bundle()), PaillierClient(kh.secret_bundle())
+    assert srv.public_key.n.bit_length() == 3072
+    xs = [np.linspace(-1, 1, cfg.slots_per_ciphertext), np.linspace(1, -1, cfg.slots_per_ciphertext)]
+    res = _run(srv, cl, xs, {1: 40, 2: 24})
+    assert np.max(np.abs(res.mean - (40 * xs[0] + 24 * xs[1]) / 64)) <= cfg.error_bound
+    assert len(HEMessage.from_bytes(cl.encrypt(xs[0], round_index=1, client_id=1)).blobs[0]) == 768
