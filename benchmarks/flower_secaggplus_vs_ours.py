@@ -37,22 +37,23 @@ import numpy as np
 from tqdm import tqdm
 
 import flwr
-from flwr.app import Context, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage as FlowerStage
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import Stage as FlowerStage
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-from flwr.client.mod import secaggplus_mod
-from flwr.common import ndarrays_to_parameters
 
 from secagg.integrations.flower.loopback import LoopbackGrid
-from secagg.integrations.flower.records import CountingGrid, NUM_EXAMPLES, TRAIN_METRICS, UPDATE, vector_to_record
+from secagg.integrations.flower.records import (
+    GLOBAL_PARAMS, NUM_EXAMPLES, TRAIN_CONFIG, TRAIN_METRICS, UPDATE, CountingGrid, vector_to_record,
+)
 from secagg.integrations.flower.smpc import SMPC_RECORD, SecAggWorkflow, secagg_mod
-from secagg.integrations.flower.records import GLOBAL_PARAMS, TRAIN_CONFIG
-from flwr.app import ConfigRecord, Message
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = 1.0
@@ -104,8 +105,6 @@ def run_flower(n: int, length: int, degree: int, t: int, drop_parts: set[int]) -
                         config=ServerConfig(num_rounds=1), strategy=strategy)
     DefaultWorkflow(fit_workflow=timed_fit)(grid, ctx)
     agg = compat.arrayrecord_to_parameters(ctx.state.array_records["parameters"], keep_input=True)
-    from flwr.common import parameters_to_ndarrays
-
     result = parameters_to_ndarrays(agg)[0].astype(np.float64)
     survivors = [p for p in range(n) if p not in drop_parts]
     return {"time_s": timings[0], "result": result, "survivors": survivors,

@@ -18,7 +18,7 @@ from secagg.encoding import FixedPointConfig, decode_sum
 from secagg.errors import ConfigError, NotEnoughClientsError, ProtocolError
 from secagg.fl.aggregator import ClientUpdate, WeightedMeanAggregator
 from secagg.integrations.flower.app import FlowerAppConfig, client_app, initial_parameters, local_update, run_server
-from secagg.integrations.flower.he import HEWorkflow, he_mod, provision_he_keys
+from secagg.integrations.flower.he import HEWorkflow, provision_he_keys
 from secagg.integrations.flower.layers import build_workflow, client_mods
 from secagg.integrations.flower.loopback import LoopbackGrid
 from secagg.integrations.flower.records import GLOBAL_PARAMS, NUM_EXAMPLES, TRAIN_CONFIG, TRAIN_METRICS, UPDATE, vector_to_record
@@ -155,14 +155,14 @@ def test_secagg_round_ids_are_never_reused():
         wf(grid, list(grid.contexts), train_content(0), 0)
 
 
-def _run_until_unmasking(grid: LoopbackGrid, cfg: SessionConfig):
+def _run_until_unmasking(grid: LoopbackGrid, cfg: SessionConfig, max_weight: int = 256):
     """Drive stages 0-2 by hand (an honest server so far); return the server."""
     nodes = sorted(grid.contexts)
     node_of = {i + 1: n for i, n in enumerate(nodes)}
     setup = json.dumps({"session": {"session_id": cfg.session_id.hex(), "round_id": cfg.round_id, "client_ids": list(cfg.client_ids),
                                     "threshold": cfg.threshold, "vector_length": cfg.vector_length, "modulus_bits": cfg.modulus_bits,
                                     "mode": "honest", "degree": None},
-                        "max_weight": 256, "fixed_point": {"clip": 1.0, "bits": 16, "modulus_bits": 32}}).encode()
+                        "max_weight": max_weight, "fixed_point": {"clip": 1.0, "bits": 16, "modulus_bits": 32}}).encode()
     server = SecAggServer(cfg)
     outbox = {c: b"" for c in node_of}
     while server.stage != Stage.UNMASKING:
@@ -174,7 +174,8 @@ def _run_until_unmasking(grid: LoopbackGrid, cfg: SessionConfig):
             rd[SMPC_RECORD] = ConfigRecord(rec)
             msgs.append(Message(rd, dst_node_id=node_of[c], message_type=MessageType.TRAIN, group_id="1"))
         for r in grid.send_and_receive(msgs):
-            server.receive(bytes(r.content.config_records[SMPC_RECORD]["msg"]))
+            if not r.has_error():
+                server.receive(bytes(r.content.config_records[SMPC_RECORD]["msg"]))
         outbox = server.close_stage()
     return server, node_of
 
@@ -194,6 +195,15 @@ def test_client_refuses_unmask_request_naming_a_node_survivor_and_dropped():
     assert STATE_RECORD not in grid.contexts[node_of[1]].state.config_records  # the node's round state is gone
     with pytest.raises(ClientAbortError):
         server.receive(data)
+
+
+def test_node_refuses_to_mask_when_the_servers_parameters_could_overflow():
+    """A server announcing max_weight 2^20 with 16-bit values in a 2^32 ring: the sum could wrap."""
+    grid = grid_for(3)
+    cfg = SessionConfig(session_id=b"\x06" * 16, round_id=0, client_ids=(1, 2, 3), threshold=2, vector_length=L + 1)
+    with pytest.raises(NotEnoughClientsError):  # nobody sends a masked input
+        _run_until_unmasking(grid, cfg, max_weight=2**20)
+    assert len(grid.errors) == 3 and all("bit budget" in e for e in grid.errors)
 
 
 def test_client_state_codec_round_trips_through_every_stage():

@@ -85,7 +85,7 @@ class DPFedAvgWorkflow(RoundWorkflow):
 
     def __init__(self, inner: RoundWorkflow, *, clip_norm: float, noise_multiplier: float, ledger: PrivacyLedger,
                  sampling_rate: float = 1.0) -> None:
-        super().__init__(inner.stage_timeout_s, inner.min_clients)
+        super().__init__(inner.stage_timeout_s, inner.min_clients, inner.straggler_grace_s)
         if not (isinstance(clip_norm, (int, float)) and math.isfinite(clip_norm) and clip_norm > 0):
             raise ConfigError(f"dp clip_norm must be a finite number > 0, got {clip_norm!r}")
         if not isinstance(ledger, PrivacyLedger):

@@ -129,14 +129,15 @@ def he_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Mess
 class HEWorkflow(RoundWorkflow):
     """Server side of the HE layer (see the module docstring). Holds only public key material."""
 
-    def __init__(self, scheme: str, *, value_bound: float = 1.0, stage_timeout_s: float | None = 60.0, min_clients: int = 2) -> None:
+    def __init__(self, scheme: str, *, value_bound: float = 1.0, stage_timeout_s: float | None = 60.0, min_clients: int = 2,
+                 straggler_grace_s: float | None = None) -> None:
         """``value_bound``: public bound on |delta values| (CKKS rejects larger values and states its
         error relative to it; Paillier uses the clip of its provisioned config)."""
         if scheme not in SCHEMES:
             raise ConfigError(f"HE scheme must be one of {SCHEMES}, got {scheme!r}")
         if not (isinstance(value_bound, (int, float)) and np.isfinite(value_bound) and value_bound > 0):
             raise ConfigError(f"value_bound must be a finite number > 0, got {value_bound!r}")
-        super().__init__(stage_timeout_s, min_clients)
+        super().__init__(stage_timeout_s, min_clients, straggler_grace_s)
         self.value_bound = float(value_bound)
         self.scheme = scheme
         self.name = f"he-{scheme}"
@@ -150,8 +151,7 @@ class HEWorkflow(RoundWorkflow):
     def _setup(self, grid: Grid, nodes: list[int]) -> None:
         from secagg.he import CKKSServer, PaillierServer
 
-        replies = dict(replies_by_node(grid.send_and_receive(
-            [self._request(n, {"stage": "public-key"}, None, 0) for n in nodes], timeout=self.stage_timeout_s)))
+        replies = dict(replies_by_node(self.exchange(grid, [self._request(n, {"stage": "public-key"}, None, 0) for n in nodes])))
         if not replies:
             raise NotEnoughClientsError(f"{self.name}: no node answered the public-key request")
         ids = {n: bytes(r.content.config_records[HE_RECORD]["context-id"]) for n, r in replies.items()}
@@ -171,9 +171,8 @@ class HEWorkflow(RoundWorkflow):
         if self._server is None:
             self._setup(grid, nodes)
         index = {n: i + 1 for i, n in enumerate(sorted(nodes))}
-        replies = dict(replies_by_node(grid.send_and_receive(
-            [self._request(n, {"stage": "encrypt", "client-index": index[n]}, train_content, round_index) for n in nodes],
-            timeout=self.stage_timeout_s)))
+        replies = dict(replies_by_node(self.exchange(
+            grid, [self._request(n, {"stage": "encrypt", "client-index": index[n]}, train_content, round_index) for n in nodes])))
         got = {n: r.content.config_records[HE_RECORD] for n, r in replies.items() if n in index and HE_RECORD in r.content.config_records}
         if len(got) < self.min_clients:
             raise NotEnoughClientsError(f"{self.name}: {len(got)} of {len(nodes)} nodes sent encrypted updates, min_clients={self.min_clients}")
@@ -187,8 +186,7 @@ class HEWorkflow(RoundWorkflow):
         aggregate = rnd.finish()
         survivors = sorted(got)
         for dec in survivors:  # one decryptor; the next survivor if it fails
-            r = dict(replies_by_node(grid.send_and_receive(
-                [self._request(dec, {"stage": "decrypt", "aggregate": aggregate}, None, round_index)], timeout=self.stage_timeout_s)))
+            r = dict(replies_by_node(self.exchange(grid, [self._request(dec, {"stage": "decrypt", "aggregate": aggregate}, None, round_index)])))
             if dec in r and "mean" in r[dec].content.array_records:
                 mean = vector_from_record(r[dec].content.array_records["mean"], where=f"{self.name} decrypted mean")
                 if mean.shape[0] != length:

@@ -25,13 +25,12 @@ if TYPE_CHECKING:
 
 def build_workflow(cfg: "FlowerAppConfig") -> RoundWorkflow:
     """The server-side workflow for ``cfg.layer`` (wrapped in DP-FedAvg when ``cfg.dp``)."""
-    common = {"stage_timeout_s": cfg.stage_timeout_s, "min_clients": cfg.min_nodes}
+    common = {"stage_timeout_s": cfg.stage_timeout_s, "min_clients": cfg.min_nodes, "straggler_grace_s": cfg.straggler_grace_s or None}
     if cfg.layer == "plaintext":
         inner: RoundWorkflow = PlaintextWorkflow(**common)
     elif cfg.layer in ("secagg", "secaggplus"):
         inner = SecAggWorkflow(plus=cfg.layer == "secaggplus", threshold=cfg.threshold, degree=cfg.neighbours, clip=cfg.clip,
-                               bits=cfg.bits, modulus_bits=cfg.modulus_bits, max_weight=cfg.max_weight,
-                               straggler_grace_s=cfg.straggler_grace_s or None, **common)
+                               bits=cfg.bits, modulus_bits=cfg.modulus_bits, max_weight=cfg.max_weight, **common)
     elif cfg.layer in ("ckks", "paillier"):
         inner = HEWorkflow(cfg.layer, value_bound=cfg.clip, **common)
     else:

@@ -15,10 +15,10 @@ compared on what they add. Costs: O(size of the record).
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from secagg.errors import DataError
@@ -154,13 +154,3 @@ def replies_by_node(replies: Iterable[Message]) -> Iterator[tuple[int, Message]]
         if not r.has_error():
             yield r.metadata.src_node_id, r
 
-
-def config_of(content: RecordDict, key: str, *, where: str) -> ConfigRecord:
-    """The ConfigRecord ``key`` of ``content``; DataError naming it if absent."""
-    if key not in content.config_records:
-        raise DataError(f"{where}: no '{key}' ConfigRecord (has: {sorted(content.config_records.keys())})")
-    return content.config_records[key]
-
-
-def metrics_record(values: Mapping[str, int | float]) -> MetricRecord:
-    return MetricRecord(dict(values))

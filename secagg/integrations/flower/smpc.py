@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from typing import Any, Callable
 
@@ -56,9 +55,9 @@ from flwr.serverapp import Grid
 
 from secagg.encoding import FixedPointConfig, decode_sum, encode, ring_dtype
 from secagg.errors import ConfigError, NotEnoughClientsError, ProtocolError
-from secagg.integrations.flower.records import replies_by_node, update_from_reply
+from secagg.integrations.flower.records import update_from_reply
 from secagg.integrations.flower.smpc_state import config_from_json, config_to_json, dump_client, load_client
-from secagg.integrations.flower.workflow import FlowerRoundResult, RoundWorkflow, send_and_collect, train_message
+from secagg.integrations.flower.workflow import FlowerRoundResult, RoundWorkflow, train_message
 from secagg.smpc import ClientAbortError, SecAggClient, SecAggServer, SessionConfig, Stage, derive_params, new_session_id
 
 log = logging.getLogger(__name__)
@@ -136,8 +135,15 @@ class SecAggMod:
 
     def _encode(self, delta: np.ndarray, n_ex: int, setup: dict[str, Any], context: Context, cfg: SessionConfig,
                 client_id: int) -> np.ndarray:
-        fp = FixedPointConfig(**setup["fixed_point"])
-        max_weight = int(setup["max_weight"])
+        try:
+            fp = FixedPointConfig(**{k: setup["fixed_point"][k] for k in ("clip", "bits", "modulus_bits")})
+            max_weight = int(setup["max_weight"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"secagg mod: malformed fixed-point parameters from the server ({e})") from None
+        if fp.modulus_bits != cfg.modulus_bits:
+            raise ProtocolError(f"secagg mod: fixed-point ring 2^{fp.modulus_bits} != session ring 2^{cfg.modulus_bits}")
+        # the node checks the bit budget itself: a sum that could wrap is refused, not sent
+        fp.check_budget(cfg.n, max_weight, extra_count=cfg.n * max_weight)
         if n_ex > max_weight:
             raise ConfigError(f"secagg mod: this node's num-examples={n_ex} exceeds max_weight={max_weight} of the round; "
                               "raise max-weight on the server")
@@ -176,7 +182,7 @@ class SecAggWorkflow(RoundWorkflow):
                  modulus_bits: int = 32, max_weight: int = 256, max_clients: int = 100, dropout_rate: float = 0.05,
                  corruption_rate: float = 0.05, stage_timeout_s: float | None = 60.0, straggler_grace_s: float | None = None,
                  min_clients: int = 2) -> None:
-        super().__init__(stage_timeout_s, min_clients)
+        super().__init__(stage_timeout_s, min_clients, straggler_grace_s)
         self.name = "secaggplus" if plus else "secagg"
         self.plus = bool(plus)
         if not (isinstance(threshold, int) and threshold >= 0):
@@ -189,8 +195,6 @@ class SecAggWorkflow(RoundWorkflow):
             raise ConfigError(f"max_weight must be an int >= 1, got {max_weight!r}")
         if not (isinstance(max_clients, int) and max_clients >= 2):
             raise ConfigError(f"max_clients must be an int >= 2, got {max_clients!r}")
-        if straggler_grace_s is not None and not (math.isfinite(straggler_grace_s) and straggler_grace_s > 0):
-            raise ConfigError(f"straggler_grace_s must be None or a finite number of seconds > 0, got {straggler_grace_s!r}")
         if not (0 <= dropout_rate < 0.5 and 0 <= corruption_rate < 0.5 and dropout_rate + corruption_rate < 0.5):
             raise ConfigError(f"dropout_rate and corruption_rate must be in [0, 0.5) with sum < 0.5, got {dropout_rate}, {corruption_rate}")
         self.fp = FixedPointConfig(clip=clip, bits=bits, modulus_bits=modulus_bits)
@@ -198,7 +202,6 @@ class SecAggWorkflow(RoundWorkflow):
         self.threshold, self.degree = threshold, degree
         self.max_weight, self.max_clients = max_weight, max_clients
         self.dropout_rate, self.corruption_rate = dropout_rate, corruption_rate
-        self.straggler_grace_s = straggler_grace_s
         self._round_ids: set[int] = set()
 
     def session_config(self, n: int, round_index: int, vector_length: int) -> SessionConfig:
@@ -251,7 +254,7 @@ class SecAggWorkflow(RoundWorkflow):
                 if stage == Stage.ADVERTISE_KEYS:
                     rec = {"stage": stage.name, "setup": setup, "client-id": c}
                 msgs.append(self._msg(node_of[c], round_index, rec, train_content if stage == Stage.MASKED_INPUT else None))
-            replies = send_and_collect(grid, msgs, self.stage_timeout_s, self.straggler_grace_s)
+            replies = self.exchange(grid, msgs)
             for r in replies:
                 nid = r.metadata.src_node_id
                 if r.has_error():

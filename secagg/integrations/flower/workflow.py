@@ -8,8 +8,9 @@ masked secure aggregation, homomorphic encryption), and returns a
 :class:`FlowerRoundResult`: the example-weighted mean delta of the updates it could
 include, and which nodes it included or lost.
 
-Dropout: every ``send_and_receive`` is bounded by ``stage_timeout_s``; a node that has
-not answered by then (crashed, killed, slow) is treated as dropped *for this round*.
+Dropout: every stage is bounded by ``stage_timeout_s`` (and, if set, ``straggler_grace_s``
+after the first reply); a node that has not answered by then (crashed, killed, slow) is
+treated as dropped *for this round*.
 A workflow either recovers (returns without that node) or raises
 :class:`~secagg.errors.NotEnoughClientsError`; it never returns a partial or wrong sum.
 
@@ -93,12 +94,20 @@ class RoundWorkflow(abc.ABC):
 
     name: ClassVar[str] = "workflow"
 
-    def __init__(self, stage_timeout_s: float | None = 60.0, min_clients: int = 2) -> None:
+    def __init__(self, stage_timeout_s: float | None = 60.0, min_clients: int = 2, straggler_grace_s: float | None = None) -> None:
         check_timeout(stage_timeout_s)
         if not (isinstance(min_clients, int) and min_clients >= 1):
             raise ConfigError(f"min_clients must be an int >= 1, got {min_clients!r}")
+        if straggler_grace_s is not None and not (isinstance(straggler_grace_s, (int, float)) and math.isfinite(straggler_grace_s)
+                                                  and straggler_grace_s > 0):
+            raise ConfigError(f"straggler_grace_s must be None or a finite number of seconds > 0, got {straggler_grace_s!r}")
         self.stage_timeout_s = stage_timeout_s
         self.min_clients = min_clients
+        self.straggler_grace_s = straggler_grace_s
+
+    def exchange(self, grid: Grid, messages: Sequence[Message]) -> list[Message]:
+        """One stage: send ``messages`` and collect the replies within the stage timeout/grace."""
+        return send_and_collect(grid, messages, self.stage_timeout_s, self.straggler_grace_s)
 
     def __call__(self, grid: Grid, node_ids: Sequence[int], train_content: RecordDict, round_index: int) -> FlowerRoundResult:
         nodes = [int(n) for n in node_ids]
@@ -130,7 +139,7 @@ class PlaintextWorkflow(RoundWorkflow):
     name = "plaintext"
 
     def run_round(self, grid: Grid, nodes: list[int], train_content: RecordDict, round_index: int) -> FlowerRoundResult:
-        replies = grid.send_and_receive([train_message(n, train_content, round_index) for n in nodes], timeout=self.stage_timeout_s)
+        replies = self.exchange(grid, [train_message(n, train_content, round_index) for n in nodes])
         got: dict[int, tuple[np.ndarray, int]] = {}
         for nid, r in replies_by_node(replies):
             if nid in nodes:
