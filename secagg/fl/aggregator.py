@@ -23,8 +23,9 @@ Contract for implementers
 * If it cannot produce an aggregate (too few clients, protocol abort), it raises an
   exception and must not have changed any state that a retry depends on.
 * ``needs_individual_updates`` is True for aggregators that must see each update in the
-  clear (Krum, median, ...). Such aggregators cannot be combined with secure
-  aggregation or HE.
+  clear (Krum, median, ...); ``hides_individual_updates`` is True for aggregators whose
+  server learns only the sum (secure aggregation, HE). The two cannot be combined:
+  :func:`secagg.fl.robust.check_compatible` (called by the core) refuses such a chain.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Aggregator(abc.ABC):
 
     name: ClassVar[str] = "aggregator"
     needs_individual_updates: ClassVar[bool] = False
+    hides_individual_updates: ClassVar[bool] = False
 
     @abc.abstractmethod
     def aggregate(self, updates: Sequence[ClientUpdate], *, round_index: int) -> AggregateResult:

@@ -170,6 +170,9 @@ class FederatedServer:
             raise ConfigError("clients: client ids must be unique")
         if config.min_clients > len(clients):
             raise ConfigError(f"min_clients={config.min_clients} exceeds the number of clients ({len(clients)})")
+        from secagg.fl.robust import check_compatible
+
+        check_compatible(aggregator)  # e.g. Krum inside secure aggregation is refused here
         self.clients = list(clients)
         self.aggregator = aggregator
         self.config = config

@@ -10,8 +10,40 @@ from typing import Any, Callable
 from secagg.errors import ConfigError
 from secagg.fl.aggregator import Aggregator, WeightedMeanAggregator
 
+
+
+def _secagg(**kw: Any) -> Aggregator:
+    from secagg.fl.secure_aggregators import SecAggAggregator
+
+    return SecAggAggregator(**kw)
+
+
+def _secagg_plus(**kw: Any) -> Aggregator:
+    from secagg.fl.secure_aggregators import SecAggAggregator
+
+    return SecAggAggregator(secagg_plus=True, **kw)
+
+
+def _ckks(**kw: Any) -> Aggregator:
+    from secagg.fl.he_aggregators import CKKSAggregator
+
+    return CKKSAggregator(**kw)
+
+
+def _paillier(**kw: Any) -> Aggregator:
+    from secagg.fl.he_aggregators import PaillierAggregator
+    from secagg.he.paillier import PaillierConfig
+
+    weighted = kw.pop("weighted", True)
+    return PaillierAggregator(PaillierConfig(**kw), weighted=weighted)
+
+
 _FACTORIES: dict[str, Callable[..., Aggregator]] = {
     "plaintext": lambda **kw: WeightedMeanAggregator(**kw),
+    "secagg": _secagg,
+    "secagg+": _secagg_plus,
+    "ckks": _ckks,
+    "paillier": _paillier,
 }
 
 
