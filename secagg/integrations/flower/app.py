@@ -247,11 +247,11 @@ def _evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"eval": MetricRecord(metrics)}), reply_to=msg)
 
 
-def make_client_app(extra_mods: list | None = None) -> ClientApp:
-    """The example ClientApp with every secagg layer's client mod installed (plus ``extra_mods``)."""
+def make_client_app(mods: list | None = None) -> ClientApp:
+    """The example ClientApp; ``mods`` default to every secagg layer's client mod (:func:`.layers.client_mods`)."""
     from secagg.integrations.flower.layers import client_mods
 
-    app = ClientApp(mods=client_mods() + list(extra_mods or []))
+    app = ClientApp(mods=client_mods() if mods is None else list(mods))
     app.train()(_train)
     app.query()(_query)
     app.evaluate()(_evaluate)
@@ -358,10 +358,12 @@ def make_server_app(overrides: Mapping[str, Any] | None = None, sink: Callable[[
 server_app = make_server_app()
 
 
-def run_in_simulation(overrides: Mapping[str, Any] | None = None, num_supernodes: int = 3, *, num_cpus: int = 2) -> dict:
+def run_in_simulation(overrides: Mapping[str, Any] | None = None, num_supernodes: int = 3, *, num_cpus: int = 2,
+                      client: ClientApp | None = None) -> dict:
     """Run the example app in Flower's simulation engine (Ray) and return the server's report.
 
-    The configuration is validated here, before Ray starts.
+    ``client`` replaces the example ClientApp (e.g. one built by :func:`make_client_app` with
+    other mods). The configuration is validated here, before Ray starts.
     """
     from flwr.simulation import run_simulation
 
@@ -369,10 +371,11 @@ def run_in_simulation(overrides: Mapping[str, Any] | None = None, num_supernodes
     from secagg.integrations.flower.layers import build_workflow
 
     build_workflow(cfg)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU only; silences Ray's FutureWarning
     out: list[dict] = []
     run_simulation(
         server_app=make_server_app(cfg.to_run_config(), out.append),
-        client_app=client_app,
+        client_app=client if client is not None else client_app,
         num_supernodes=num_supernodes,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -65,7 +65,8 @@ log = logging.getLogger(__name__)
 SMPC_RECORD = "secagg.smpc"
 STATE_RECORD = "secagg.smpc.state"
 
-RoundingRng = Callable[[Context, int], np.random.Generator]
+#: (context, client id in the session, round id) -> generator for the stochastic rounding
+RoundingRng = Callable[[Context, int, int], np.random.Generator]
 
 
 def rounding_generator(seed: int, client_id: int, round_id: int) -> np.random.Generator:
@@ -84,7 +85,7 @@ def encode_update(delta: np.ndarray, num_examples: int, fp: FixedPointConfig, rn
 class SecAggMod:
     """Client mod of our SecAgg/SecAgg+; passes every message without a ``secagg.smpc`` record through.
 
-    ``rounding_rng(context, round_id)`` may supply the generator for the *stochastic rounding*
+    ``rounding_rng(context, client_id, round_id)`` may supply the generator for the *stochastic rounding*
     of the fixed-point encoding (never for keys or masks, which always come from the OS
     CSPRNG inside :mod:`secagg.smpc`). Without it, a node whose node config sets
     ``rounding-seed`` rounds with ``numpy.random.default_rng([seed, client_id, round_id])``
@@ -151,7 +152,7 @@ class SecAggMod:
             raise ProtocolError(f"secagg mod: update has {delta.shape[0]} values, the round expects {cfg.vector_length - 1}")
         rng = None
         if self.rounding_rng is not None:
-            rng = self.rounding_rng(context, cfg.round_id)
+            rng = self.rounding_rng(context, client_id, cfg.round_id)
         elif "rounding-seed" in context.node_config:
             rng = rounding_generator(int(context.node_config["rounding-seed"]), client_id, cfg.round_id)
         return encode_update(delta, n_ex, fp, rng)
