@@ -40,7 +40,7 @@ def test_deployment_secagg_round_survives_a_supernode_killed_mid_round(tmp_path)
             nc.update({"fault-marker": str(marker), "fault-sleep-s": 600.0})
         node_configs.append(nc)
     run_config = {"layer": "secagg", "num-rounds": 1, "min-nodes": N, "threshold": 2, "evaluate": False,
-                  "wait-for-nodes-s": 90.0, "stage-timeout-s": 120.0, "straggler-grace-s": 15.0}
+                  "wait-for-nodes-s": 90.0, "stage-timeout-s": 120.0, "straggler-grace-s": 25.0}
     result = tmp_path / "result.json"
     with LocalDeployment(tmp_path / "deploy", node_configs, startup_timeout_s=60.0) as d:
         d.submit(APP_DIR, {**run_config, "result-path": str(result)}, timeout_s=90.0)

@@ -7,10 +7,12 @@ Run it in Flower's simulation engine (Ray)::
 
 or as a real deployment (``examples/flower_app/pyproject.toml`` points at this module)::
 
-    flower-superlink --insecure
-    flower-supernode --insecure --superlink 127.0.0.1:9092 --node-config 'partition-id=0 num-partitions=4'
-    ...
-    flwr run examples/flower_app <connection> -c 'layer="secagg" result-path="/tmp/r.json"'
+    flower-superlink --insecure --disable-runtime-dependency-installation     # HTTP on 127.0.0.1:8000
+    flower-supernode --insecure --superlink 127.0.0.1:8000 --port 9094 --node-config 'partition-id=0 num-partitions=4'
+    ...                                                              (one --port per SuperNode)
+    flwr run examples/flower_app <connection> -c 'layer="secagg" min-nodes=4 result-path="/tmp/r.json"'
+
+(see docs/flower.md; :class:`secagg.integrations.flower.deploy.LocalDeployment` does all of it.)
 
 What it does
 ------------
