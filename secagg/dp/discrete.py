@@ -55,13 +55,15 @@ SIGMA_MAX = 8192.0
 # ------------------------------------------------------------------ exact primitives
 
 def _bit_length(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.uint64).copy()
-    k = np.zeros(x.shape, dtype=np.uint64)
-    while np.any(x):
-        nz = x > 0
-        k[nz] += np.uint64(1)
-        x >>= np.uint64(1)
-    return k
+    """Exact bit length of each uint64 (frexp estimate, then corrected by integer shifts)."""
+    x = x.astype(np.uint64)
+    k = np.frexp(x.astype(np.float64))[1].astype(np.int64)  # may be off by one near powers of two
+    k = np.clip(k, 0, 64)
+    too_big = (k > 0) & ((x >> np.clip(k - 1, 0, 63).astype(np.uint64)) == 0)
+    k[too_big] -= 1
+    too_small = (k < 64) & ((x >> np.clip(k, 0, 63).astype(np.uint64)) != 0)
+    k[too_small] += 1
+    return k.astype(np.uint64)
 
 
 def uniform_below(m: np.ndarray) -> np.ndarray:
@@ -322,8 +324,11 @@ class DistributedDPRound:
                                                 self.padded_dim, sampling_rate)
 
     # -------------------------------------------------------------- client side
-    def encode(self, delta: np.ndarray) -> np.ndarray:
-        """Client: clip, rotate, scale, round, add local noise, reduce mod 2^k -> uint64 in [0, 2^k)."""
+    def encode(self, delta: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """Client: clip, rotate, scale, round, add local noise, reduce mod 2^k -> uint64 in [0, 2^k).
+
+        ``noise`` (optional) is this client's N_Z(0, sigma^2) vector drawn in advance from
+        :attr:`sampler` (see :meth:`encode_many`); by default it is drawn here."""
         v = np.asarray(delta)
         if v.ndim != 1 or v.shape[0] != self.dim:
             raise DataError(f"update must have shape ({self.dim},), got {v.shape}")
@@ -332,9 +337,20 @@ class DistributedDPRound:
         xp[: self.dim] = x
         y = rotate(xp, self.seed) / self.granularity
         r = conditional_round(y, self.l2_bound)
-        r = r + self.sampler.sample(self.padded_dim)
+        if noise is None:
+            noise = self.sampler.sample(self.padded_dim)
+        elif noise.shape != (self.padded_dim,) or noise.dtype != np.int64:
+            raise DataError(f"noise must be int64 of shape ({self.padded_dim},)")
+        r = r + noise
         k = self.config.modulus_bits
         return np.mod(r, 2**k).astype(np.uint64)
+
+    def encode_many(self, deltas) -> list[np.ndarray]:
+        """Simulation shortcut: encode several clients' updates, drawing all their (independent)
+        noise vectors in one vectorised sampler call. Same distribution as separate :meth:`encode`."""
+        deltas = list(deltas)
+        noise = self.sampler.sample(len(deltas) * self.padded_dim).reshape(len(deltas), self.padded_dim)
+        return [self.encode(d, noise[i]) for i, d in enumerate(deltas)]
 
     # -------------------------------------------------------------- server side
     def decode_sum(self, modular_sum: np.ndarray) -> np.ndarray:
