@@ -282,8 +282,10 @@ def test_presets_state_128_bit_security_and_reject_insecure_moduli():
 def test_choose_preset():
     assert choose_ckks_preset(10, 5) is CKKS_8192
     assert choose_ckks_preset(100_000, 100) is CKKS_8192  # fewer bytes per value
-    assert choose_ckks_preset(100_000, 1000, tolerance=1e-7) is CKKS_16384
-    assert choose_ckks_preset(100_000, 1000, tolerance=2e-7) is CKKS_8192
+    assert choose_ckks_preset(100_000, 1000, tolerance=1e-8) is CKKS_16384
+    assert choose_ckks_preset(100_000, 1000, tolerance=2e-8) is CKKS_8192
+    assert choose_ckks_preset(100_000, 10, tolerance=1.01e-8) is CKKS_8192  # the bound grows with clients
+    assert choose_ckks_preset(100_000, 1000, tolerance=1.01e-8) is CKKS_16384
     with pytest.raises(ConfigError, match="no preset supports 1001 clients"):
         choose_ckks_preset(10, 1001)
     with pytest.raises(ConfigError, match="no preset"):

@@ -32,7 +32,8 @@ Guarantees
   scale ``2**(2*scale_bits)`` on the fresh modulus, which the presets size to hold
   ``2**(2*scale_bits) * max_abs_value`` with margin. Skipping the rescale makes the
   scalar multiplication ~4x cheaper and removes the rescaling noise, which dominated the
-  error (measured 1e-7 with a rescale vs 8e-9 without, N=8192).
+  error (measured 1e-7 with a rescale vs 8e-9 without, N=8192, public-key encryption;
+  8e-10 with symmetric encryption).
 * Precision: CKKS is approximate. For inputs with ``|x| <= value_bound`` (a public bound
   the clients agree on, at most ``preset.max_abs_value``) and at most
   ``preset.max_clients`` clients, the absolute error of every coordinate of the mean is
@@ -40,7 +41,7 @@ Guarantees
   / received_fraction`` for n included clients (:meth:`CKKSPreset.error_bound`). The
   encryption-noise part does not grow with n (weights sum to 1, so the weighted noise is
   at most one client's); the ``n * 2**-(scale_bits+1)`` term is the worst case of
-  rounding each weight ``w_i / W`` to the encoding scale. The constants are >= 5x above the
+  rounding each weight ``w_i / W`` to the encoding scale. The constants are >= 8x above the
   worst errors measured for 1..1000 clients and |x| from 1e-3 to 65,000
   (``python benchmarks/he_table.py --precision``, table in ``docs/he.md``).
 * Explicit packing: a vector of length L is cut by us into ``ceil(L / slots)`` chunks of
@@ -169,12 +170,14 @@ class CKKSPreset:
         return (self.abs_error_bound + (self.rel_error_bound + weight_rounding) * float(max_abs)) / received_fraction
 
 
-# Measured worst errors of the weighted mean (1..1000 clients, |x| <= 1, 1e-3 and 6.5e4):
-#   N=8192:  7.7e-9 absolute, 8.6e-13 relative to max|x|  -> stated 1e-7 + 1e-11 * B
-#   N=16384: 1.6e-11 absolute, 5.6e-16 relative           -> stated 1e-9 + 1e-13 * B
+# Measured worst errors of the weighted mean, symmetric encryption (1..1000 clients,
+# |x| <= 1e-3, 1, 6.5e4; results/he_precision.md):
+#   N=8192:  7.9e-10 absolute (|x| <= 1)  -> stated 1e-8  + (1e-11 + n 2^-41) * B
+#   N=16384: 1.1e-12 absolute (|x| <= 1)  -> stated 1e-11 + (1e-13 + n 2^-51) * B
+# (at |x| = 6.5e4 the weight-rounding term dominates; the bound holds there with >= 8x margin).
 # Data modulus: 100 bits (8192) / 120 bits (16384) >= 2*scale + 16 + 2; total 160 / 180 bits.
-CKKS_8192 = CKKSPreset("ckks-8192", 8192, (60, 40, 60), 40, abs_error_bound=1e-7, rel_error_bound=1e-11)
-CKKS_16384 = CKKSPreset("ckks-16384", 16384, (60, 60, 60), 50, abs_error_bound=1e-9, rel_error_bound=1e-13)
+CKKS_8192 = CKKSPreset("ckks-8192", 8192, (60, 40, 60), 40, abs_error_bound=1e-8, rel_error_bound=1e-11)
+CKKS_16384 = CKKSPreset("ckks-16384", 16384, (60, 60, 60), 50, abs_error_bound=1e-11, rel_error_bound=1e-13)
 CKKS_PRESETS: dict[str, CKKSPreset] = {p.name: p for p in (CKKS_8192, CKKS_16384)}
 
 
