@@ -132,8 +132,6 @@ def test_server_refuses_the_secret_bundle(keys):
     # a public_key bundle that smuggles a secret context is refused too
     sec_blob = HEMessage.from_bytes(keys[2]).blobs[0]
     pub = HEMessage.from_bytes(keys[1])
-    from secagg.he.messages import context_id_of
-
     from secagg.he.ckks import _ckks_context_id
 
     key_id = bytes.fromhex(pub.params["key_id"])

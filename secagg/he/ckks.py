@@ -74,7 +74,7 @@ from typing import Mapping
 import numpy as np
 import tenseal as ts
 
-from secagg.errors import ConfigError, DataError, ProtocolError
+from secagg.errors import ConfigError, ProtocolError
 from secagg.he.messages import ChunkManifest, HEMessage, check_plain_vector, context_id_of
 from secagg.he.rounds import ReplayGuard, RoundBook
 
