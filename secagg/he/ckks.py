@@ -23,6 +23,11 @@ and the vector length, nothing about any value. All clients share one secret key
 client that colludes with the server can decrypt every *individual* update the server
 saw; use :mod:`secagg.smpc` masking if clients must be protected from each other.
 
+Releasing decryptions: the server holds the aggregate ciphertext, so the exact decoded
+values (message + noise) must not be handed back to it (Li & Micciancio, EUROCRYPT 2021,
+key recovery from CKKS decryptions). Release the mean rounded to float32, as the FedAvg
+adapter does; see ``docs/he.md``.
+
 Guarantees
 ----------
 * Weighted mean: the server computes ``sum_i (w_i / W) * Enc(x_i)`` (ciphertext x
