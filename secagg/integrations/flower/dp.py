@@ -26,8 +26,9 @@ Sampling: the example app asks every connected node each round; the ledger recor
 in the L2 norm of the flat parameter delta, ``noise_multiplier`` dimensionless (noise std
 on the sum / clip_norm), epsilon/delta as in :mod:`secagg.dp.events`.
 
-Noise: drawn with a numpy ``Generator`` (PCG64) seeded with 256 bits from ``os.urandom``
-for each round; costs O(L).
+Clipping and noise are :func:`secagg.dp.mechanisms.clip_l2` and
+:func:`secagg.dp.mechanisms.gaussian_noise` (OS CSPRNG, Box-Muller in float64; see that
+module for the floating-point caveat). Costs: O(L) per node and per round.
 """
 
 from __future__ import annotations
@@ -41,20 +42,13 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.serverapp import Grid
 
 from secagg.dp import PrivacyLedger, SampledGaussianEvent
+from secagg.dp.mechanisms import clip_l2, gaussian_noise
 from secagg.errors import ConfigError, DataError
 from secagg.integrations.flower.records import NUM_EXAMPLES, TRAIN_METRICS, UPDATE, update_from_reply, vector_to_record
 from secagg.integrations.flower.workflow import FlowerRoundResult, RoundWorkflow
 
 DP_RECORD = "secagg.dp"
 MECHANISM = "dp-fedavg-central-gaussian"
-
-
-def clip_l2(delta: np.ndarray, clip_norm: float) -> tuple[np.ndarray, float]:
-    """``delta * min(1, C / ||delta||_2)`` and the original norm."""
-    norm = float(np.linalg.norm(delta.astype(np.float64)))
-    if norm > clip_norm:
-        return (delta.astype(np.float64) * (clip_norm / norm)).astype(np.float32), norm
-    return delta.astype(np.float32), norm
 
 
 def dp_clip_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -70,7 +64,7 @@ def dp_clip_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
     delta, _ = update_from_reply(reply.content, where="local training")
     clipped, _norm = clip_l2(delta, c)
     out = RecordDict({k: v for k, v in reply.content.items() if k not in (UPDATE, TRAIN_METRICS)})
-    out[UPDATE] = vector_to_record(clipped)
+    out[UPDATE] = vector_to_record(clipped.astype(np.float32))
     out[TRAIN_METRICS] = MetricRecord({NUM_EXAMPLES: 1})  # uniform weights: sensitivity clip_norm per client
     return Message(out, reply_to=msg)
 
@@ -105,8 +99,7 @@ class DPFedAvgWorkflow(RoundWorkflow):
             raise DataError(f"{self.name}: expected {k} unit weights in the aggregate, got num_examples={res.metrics.get('num_examples')}"
                             " (is dp_clip_mod installed on every node?)")
         total = res.delta.astype(np.float64) * k
-        rng = np.random.Generator(np.random.PCG64(int.from_bytes(os.urandom(32), "little")))
-        noisy_sum = total + rng.normal(0.0, self.event.noise_multiplier * self.clip_norm, size=total.shape)
+        noisy_sum = total + gaussian_noise(total.shape[0], self.event.noise_multiplier * self.clip_norm)
         entry = self.ledger.record_round(round_index, self.event, res.included, clip_norm=self.clip_norm, mechanism=MECHANISM,
                                          extra={"inner": self.inner.name, "dropped": list(res.dropped)})
         res.delta = (noisy_sum / k).astype(np.float32)
