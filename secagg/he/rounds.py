@@ -11,6 +11,7 @@ Costs: O(n) memory in the number of announced clients n.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -50,17 +51,17 @@ class RoundBook:
             raise NotEnoughClientsError(f"{who}: round {round_index} announced no clients")
         clean: dict[int, float] = {}
         for cid, w in weights.items():
-            if not isinstance(cid, int):
+            if not isinstance(cid, numbers.Integral) or isinstance(cid, bool):
                 raise ConfigError(f"{who}: client ids must be ints, got {cid!r}")
             if integer_weights:
-                if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+                if not isinstance(w, numbers.Integral) or isinstance(w, bool) or w < 1:
                     raise ConfigError(f"{who}: weight of client {cid} must be an int >= 1 (example count), got {w!r}")
-                clean[cid] = int(w)
+                clean[int(cid)] = int(w)
             else:
                 wf = float(w)
                 if not math.isfinite(wf) or wf <= 0:
                     raise ConfigError(f"{who}: weight of client {cid} must be finite and > 0, got {w!r}")
-                clean[cid] = wf
+                clean[int(cid)] = wf
         return cls(round_index, clean, who)
 
     @property
