@@ -160,3 +160,15 @@ def test_fedavg_rounds_with_he_match_plaintext():
             assert rec.aggregator_metrics["he_max_abs_error"] <= rec.aggregator_metrics["he_error_bound"]
     np.testing.assert_allclose(finals["ckks"], finals["plain"], atol=1e-5)
     np.testing.assert_allclose(finals["paillier"], finals["plain"], atol=1e-4)
+
+
+def test_robust_rule_inside_he_is_refused():
+    """Krum needs every update in the clear; under HE the server only has ciphertexts."""
+    from secagg.errors import ConfigError
+    from secagg.fl.aggregator import WeightedMeanAggregator
+    from secagg.fl.he_aggregators import CKKSAggregator
+    from secagg.fl.robust import Krum, check_combination
+
+    with pytest.raises(ConfigError, match="incompatible"):
+        check_combination(Krum(1), CKKSAggregator())
+    check_combination(WeightedMeanAggregator(), CKKSAggregator())  # a plain mean is fine

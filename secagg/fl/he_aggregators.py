@@ -51,6 +51,7 @@ def _plain_weighted_mean(updates: Sequence[ClientUpdate], weights: dict[int, int
 
 class _HEAggregatorBase(Aggregator):
     scheme = ""
+    hides_individual_updates = True  # the server adds ciphertexts; it never decrypts one update
 
     def __init__(self, *, weighted: bool) -> None:
         self.weighted = bool(weighted)
