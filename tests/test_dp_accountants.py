@@ -29,7 +29,6 @@ from secagg.dp.accountants import (
 from secagg.dp.calibrate import calibrate_noise_multiplier
 from secagg.dp.events import (
     DistributedDiscreteGaussianEvent,
-    Neighbouring,
     SampledGaussianEvent,
     Sampling,
     compress,

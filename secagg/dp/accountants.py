@@ -40,7 +40,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
-import math
 import warnings
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -224,8 +223,9 @@ class _DpaAccountant(Accountant):
             return NeighboringRelation.REPLACE_ONE
         return NeighboringRelation.ADD_OR_REMOVE_ONE
 
+    @abc.abstractmethod
     def _make(self, relation: NeighboringRelation):
-        raise NotImplementedError  # pragma: no cover - abstract helper
+        """A fresh dp-accounting accountant for ``relation``."""
 
     def unsupported_reason(self, events, neighbouring):
         r = _common_reason(events, neighbouring)

@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from secagg.dp.discrete import DistributedDPConfig, modular_sum, plan_round
-from secagg.dp.events import SampledGaussianEvent, Sampling, check_count, check_noise_multiplier, check_sampling_rate
+from secagg.dp.events import SampledGaussianEvent, check_count, check_noise_multiplier, check_sampling_rate
 from secagg.dp.ledger import PrivacyLedger
 from secagg.dp.mechanisms import MODES, AdaptiveClipping, clip_l2, effective_local_noise_multiplier, gaussian_noise
 from secagg.errors import ConfigError, NotEnoughClientsError
