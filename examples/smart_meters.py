@@ -46,9 +46,9 @@ from secagg.detect.models import AutoencoderDetector
 from secagg.detect.smart_meters import THEFT_TYPES, SmartMeterConfig, build_smart_meters
 from secagg.fl.aggregator import serialize_vector
 from secagg.fl.params import flatten, unflatten
-from secagg.dp import PrivacyBudget, PrivacyLedger, read_ledger
+from secagg.dp import PrivacyBudget, PrivacyBudgetExceeded, PrivacyLedger, read_ledger
 from secagg.dp.discrete import DistributedDPConfig, next_pow2, plan_round
-from secagg.smpc import DropoutSchedule, SessionConfig, derive_params, new_session_id, run_round
+from secagg.smpc import DropoutSchedule, NotEnoughClientsError, SessionConfig, derive_params, new_session_id, run_round
 
 
 MODULUS_BITS = 32  # SecAgg+ ring Z_{2^32}: a masked coordinate costs as much as a float32
@@ -65,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clip", type=float, default=0.5, help="L2 clip of each meter's delta")
     p.add_argument("--noise-multiplier", type=float, default=1.0, help="std of the summed noise / clip")
     p.add_argument("--delta", type=float, default=1e-4, help="target delta (< 1/meters)")
-    p.add_argument("--epsilon-budget", type=float, default=50.0, help="ledger budget guard: refuse rounds beyond it")
+    p.add_argument("--epsilon-budget", type=float, default=16.0, help="ledger budget guard: stop before a round could exceed it")
     p.add_argument("--percentile", type=float, default=95.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/smart_meters"))
@@ -148,6 +148,7 @@ def main() -> None:
         baseline = evaluate(params, model, Xtr, Xte, fleet, args.percentile)
         baseline["seconds"] = time.perf_counter() - t0
         print(f"\n[plaintext FedAvg, no SecAgg, no DP] {baseline['seconds']:.0f}s\n  {fmt(baseline)}")
+        print("  recall by theft type: " + ", ".join(f"{k} {v:.2f}" for k, v in baseline["recall_by_type"].items()))
 
     # ---------------------------------------------------------------- SecAgg+ + distributed DP
     args.out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +162,7 @@ def main() -> None:
     )
     t0 = time.perf_counter()
     params, srng = init.copy(), np.random.default_rng(args.seed + 1)  # same meter sampling as the reference
-    ups, downs, survivors_per_round, eff_z = [], [], [], []
+    ups, downs, survivors_per_round, eff_z, aborted = [], [], [], [], []
     try:
         from tqdm.auto import tqdm
         bar = tqdm(range(args.rounds), desc="SecAgg+ rounds", unit="round")
@@ -174,7 +175,11 @@ def main() -> None:
         ddp = plan_round(DistributedDPConfig(clip_norm=args.clip, noise_multiplier=args.noise_multiplier,
                                              min_survivors=session.threshold, max_clients=m,
                                              modulus_bits=MODULUS_BITS), dim)
-        ledger.check_round(ddp.event(session.threshold, q))  # budget guard, worst case: only t survivors
+        try:
+            ledger.check_round(ddp.event(session.threshold, q))  # budget guard, worst case: only t survivors
+        except PrivacyBudgetExceeded as exc:
+            print(f"\n  budget guard stopped training before round {r}: {exc}")
+            break
         drops = DropoutSchedule.random(pids, args.dropout, rng)
         inputs = {}
         for pid in pids:
@@ -183,7 +188,11 @@ def main() -> None:
                 continue
             delta = local_delta(worker, params, Xtr[pid - 1], args)
             inputs[pid] = ddp.encode(delta).astype(np.uint32)  # clip, rotate, round, + N_Z noise, mod 2^32
-        rep = run_round(session, inputs, drops)
+        try:
+            rep = run_round(session, inputs, drops)
+        except NotEnoughClientsError as exc:  # fewer than t survivors: the server learns nothing, no release
+            aborted.append(f"round {r}: {exc}")
+            continue
         event = ddp.event(len(rep.survivors), q)
         ledger.record_round(r, event, [pid - 1 for pid in rep.survivors], clip_norm=args.clip,
                             mechanism="distributed_discrete_gaussian+secagg+",
@@ -209,7 +218,10 @@ def main() -> None:
     if baseline is not None:
         print(f"  privacy cost in F1: {baseline['f1'] - private['f1']:+.3f} (plaintext {baseline['f1']:.3f} -> private {private['f1']:.3f})")
     print("  recall by theft type: " + ", ".join(f"{k} {v:.2f}" for k, v in private["recall_by_type"].items()))
-    print(f"  survivors per round: mean {np.mean(survivors_per_round):.1f} of {m} (min {min(survivors_per_round)})")
+    if not survivors_per_round:
+        raise SystemExit("no round completed; see the messages above")
+    print(f"  rounds completed {len(survivors_per_round)}, aborted (fewer than t survivors, nothing released) "
+          f"{len(aborted)}; survivors per round: mean {np.mean(survivors_per_round):.1f} of {m} (min {min(survivors_per_round)})")
     print(f"  bytes per meter per round: up {np.mean(ups):,.0f}, down {np.mean(downs):,.0f} "
           f"(plaintext FedAvg: up {plain_upload:,}, down {broadcast:,}; x{np.mean(ups) / plain_upload:.1f} upload)")
     print(f"  noise: clip {args.clip}, z = {args.noise_multiplier} at t survivors, effective z with actual survivors "
@@ -230,6 +242,7 @@ def main() -> None:
         "bytes_per_meter_per_round": {"up": float(np.mean(ups)), "down": float(np.mean(downs)),
                                       "plaintext_up": plain_upload, "plaintext_down": broadcast},
         "survivors_per_round": survivors_per_round,
+        "aborted_rounds": aborted,
         "epsilon": {"delta": args.delta, "accountant": ledger.accountant, "population": eps_pop,
                     "per_meter_median": float(np.median(part)), "per_meter_max": float(part.max()),
                     "meters_participated": len(eps_clients)},
