@@ -216,7 +216,7 @@ def main() -> None:
     print(f"\n[FedAvg + SecAgg+ (dropout {args.dropout:.0%}) + distributed discrete Gaussian DP] {private['seconds']:.0f}s")
     print(f"  {fmt(private)}")
     if baseline is not None:
-        print(f"  privacy cost in F1: {baseline['f1'] - private['f1']:+.3f} (plaintext {baseline['f1']:.3f} -> private {private['f1']:.3f})")
+        print(f"  F1 lost to privacy: {baseline['f1'] - private['f1']:.3f} (plaintext {baseline['f1']:.3f} -> private {private['f1']:.3f})")
     print("  recall by theft type: " + ", ".join(f"{k} {v:.2f}" for k, v in private["recall_by_type"].items()))
     if not survivors_per_round:
         raise SystemExit("no round completed; see the messages above")
@@ -226,8 +226,8 @@ def main() -> None:
           f"(plaintext FedAvg: up {plain_upload:,}, down {broadcast:,}; x{np.mean(ups) / plain_upload:.1f} upload)")
     print(f"  noise: clip {args.clip}, z = {args.noise_multiplier} at t survivors, effective z with actual survivors "
           f"{np.mean(eff_z):.2f}")
-    print(f"  epsilon spent (client level, delta={args.delta:g}, {ledger.accountant}): population guarantee {eps_pop:.2f} "
-          f"(every round charged, no subsampling amplification claimed for the discrete Gaussian)")
+    print(f"  epsilon spent (client level, delta={args.delta:g}, {ledger.accountant}): {eps_pop:.2f} for any meter "
+          f"(every round charged: no subsampling amplification is claimed for the discrete Gaussian)")
     print(f"  per-meter epsilon over the rounds each meter joined ({len(eps_clients)} of {N} meters took part): "
           f"median {np.median(part):.2f}, 90th pct {np.percentile(part, 90):.2f}, max {part.max():.2f}")
     print(f"  privacy ledger: {ledger_path} ({len(audit.rounds)} rounds, chain {'intact' if audit.ok else 'BROKEN'}, head {audit.head[:16]}...)")
