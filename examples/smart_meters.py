@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from secagg.detect.metrics import detection_metrics, roc_auc
 from secagg.detect.models import AutoencoderDetector
@@ -163,12 +164,7 @@ def main() -> None:
     t0 = time.perf_counter()
     params, srng = init.copy(), np.random.default_rng(args.seed + 1)  # same meter sampling as the reference
     ups, downs, survivors_per_round, eff_z, aborted = [], [], [], [], []
-    try:
-        from tqdm.auto import tqdm
-        bar = tqdm(range(args.rounds), desc="SecAgg+ rounds", unit="round")
-    except ImportError:  # tqdm is a dependency; keep the example usable without it
-        bar = range(args.rounds)
-    for r in bar:
+    for r in tqdm(range(args.rounds), desc="SecAgg+ rounds", unit="round"):
         chosen = np.sort(srng.choice(N, m, replace=False))
         pids = tuple(int(i) + 1 for i in chosen)  # Shamir x-coordinates must be >= 1
         session = secagg_session(pids, padded, args.dropout, r)
