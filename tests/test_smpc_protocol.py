@@ -56,7 +56,7 @@ def expected_ok(n, t, sched, mode):
     tfrac=st.floats(0.51, 1.0),
     k=st.sampled_from([16, 32, 64]),
     mode=st.sampled_from(["honest", "active"]),
-    phases=st.lists(st.sampled_from(("none",) + PHASES), min_size=9, max_size=9),
+    phases=st.lists(st.sampled_from(("none",) * 6 + PHASES), min_size=9, max_size=9),
     seed=st.integers(0, 1000),
 )
 def test_random_dropout_sum_exact_or_abort(n, tfrac, k, mode, phases, seed):
@@ -193,3 +193,56 @@ def test_secagg_plus_1000_clients_5_percent_dropout():
     assert len(rep.survivors) >= 0.9 * n
     ref = sum(inputs[u].astype(np.uint64) for u in rep.survivors) % 2**32
     assert np.array_equal(rep.total.astype(np.uint64), ref)
+
+
+def _secagg_plus_oracle(cfg, sched):
+    """Independent statement of when a SecAgg+ round must succeed (see SecAggServer docs)."""
+    g, t = cfg.graph, cfg.threshold
+
+    def prune(alive):
+        alive = set(alive)
+        while True:
+            bad = {u for u in alive if len(g[u] & alive) + 1 < t}
+            if not bad:
+                return alive
+            alive -= bad
+
+    U1 = prune(set(cfg.client_ids) - sched.advertise)
+    U2 = prune(U1 - sched.share_keys)
+    U3 = U2 - sched.masked_input
+    U5 = U3 - sched.consistency - sched.unmasking
+    if min(len(U1), len(U2), len(U3), len(U5)) < t:
+        return None
+    for u in U3:
+        if len((g[u] | {u}) & U5) < t:
+            return None
+    for v in U2 - U3:
+        if g[v] & U3 and len(g[v] & U5) < t:
+            return None
+    return U3
+
+
+@settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(8, 18),
+    degree=st.sampled_from([4, 6]),
+    phases=st.lists(st.sampled_from(("none",) * 25 + PHASES), min_size=18, max_size=18),
+    seed=st.integers(0, 1000),
+)
+def test_secagg_plus_random_dropout_sum_exact_or_abort(n, degree, phases, seed):
+    t = degree // 2 + 2  # > (degree+1)/2
+    cfg, inputs, _ = make(n, t, 6, degree=degree, seed=seed)
+    sets = {p: set() for p in PHASES}
+    for u, p in zip(cfg.client_ids, phases):
+        if p != "none":
+            sets[p].add(u)
+    sched = DropoutSchedule(**sets)
+    want = _secagg_plus_oracle(cfg, sched)
+    if want is not None:
+        rep = run_round(cfg, inputs, sched)
+        assert set(rep.survivors) == want
+        ref = sum(inputs[u].astype(np.uint64) for u in want) % 2**32
+        assert np.array_equal(rep.total.astype(np.uint64), ref)
+    else:
+        with pytest.raises(NotEnoughClientsError):
+            run_round(cfg, inputs, sched)
