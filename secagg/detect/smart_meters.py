@@ -21,7 +21,11 @@ ItalyPowerDemand is z-normalised **per day** (mean 0, std 1): it carries real da
 ``base_load_kwh * (1 + amplitude * z_t) * noise_t`` (floored at 5 % of the base load), where
 ``base_load_kwh`` (log-normal, median 0.4 kWh per hour, i.e. ~9.6 kWh a day) and ``amplitude`` are
 drawn per meter. The kWh levels, the spread between households and the noise are therefore
-simulated; only the shapes are real. :data:`SYNTHETIC_LEVELS_NOTE` says so for printing.
+simulated; only the shapes are real. They are also *aggregate* shapes: ItalyPowerDemand is
+Italy's electrical power demand (twelve monthly series), smoother than one household's load,
+and the 1,000 meters draw their 56 days each from the same 1,096-day pool (so meters share
+shapes, differing in days, level, swing and noise). :data:`SYNTHETIC_LEVELS_NOTE` says so
+for printing.
 
 Theft attacks (Jokar, Arnold, Palizban, "Electricity Theft Detection in AMI Using Customers'
 Consumption Patterns", IEEE Trans. Smart Grid 7(1):216-226, 2016, Sec. III-A)
@@ -78,8 +82,9 @@ THEFT_TYPES: tuple[str, ...] = (
 """Attack names; attack ``h_k`` has code ``k`` (1..6) in ``test_theft_type``."""
 
 SYNTHETIC_LEVELS_NOTE = (
-    "Load shapes are real (ItalyPowerDemand, UCR; each day z-normalised), but kWh levels are "
-    "synthetic: each meter rescales shapes to its own simulated base load and swing."
+    "Load shapes are real but aggregate (ItalyPowerDemand, UCR: Italian grid demand, each day "
+    "z-normalised), not household readings; kWh levels are synthetic: each meter rescales shapes "
+    "to its own simulated base load and swing."
 )
 
 ITALY_DIR = "italy_power_demand"
