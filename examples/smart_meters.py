@@ -21,8 +21,9 @@ household's model update:
 Detection: each meter scores its days by reconstruction error and sets its own threshold
 at the ``--percentile`` of its benign training days (no labels leave the meter).
 
-Data: real daily load *shapes* from ItalyPowerDemand (UCR), per-meter synthetic kWh levels
-(the data is z-normalised per day; see ``secagg.detect.smart_meters``).
+Data: real daily load *shapes* from ItalyPowerDemand (UCR; Italian grid demand, so smoother
+than a household's load), per-meter synthetic kWh levels (the data is z-normalised per day;
+see ``secagg.detect.smart_meters``).
 
 Run:  python examples/smart_meters.py            (defaults: 1,000 meters, ~1-3 min on 2 cores)
       python examples/smart_meters.py --help
