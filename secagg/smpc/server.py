@@ -98,7 +98,10 @@ class SecAggServer:
         }.get(self.stage, frozenset())
 
     def receive(self, data: bytes) -> None:
-        """Accept one client message for the current stage; raises on anything invalid (state unchanged)."""
+        """Accept one client message for the current stage; raises on anything invalid (state unchanged).
+
+        An ABORT message from a client is recorded in :attr:`aborted_clients` and then raised as
+        :class:`ClientAbortError`, so the operator sees why that client stopped."""
         msg = M.decode(data)
         h, cfg = msg.header, self.config
         if h.session_id != cfg.session_id or h.round_id != cfg.round_id:
