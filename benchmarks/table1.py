@@ -286,7 +286,8 @@ def mean_metric(groups, ds: str, model: str, row: str, metric: str) -> float:
     return float(np.mean([r["metrics"][metric] for r in g["runs"]]))
 
 
-def render(results: list[dict], args: argparse.Namespace, elapsed: float) -> str:
+def render(results: list[dict], args: argparse.Namespace, elapsed: float, machine: Optional[str] = None,
+           when: Optional[str] = None) -> str:
     labels = row_labels(args)
     groups = aggregate_rows(results)
     seeds = sorted({r["seed"] for r in results})
@@ -299,9 +300,9 @@ def render(results: list[dict], args: argparse.Namespace, elapsed: float) -> str
         f"{args.rounds} rounds, every client every round; seeds {seeds} (mean ± std over seeds)."
         + (f" Training rows capped at {args.max_train_rows}." if args.max_train_rows else ""),
         f"Detectors: `ae` = autoencoder 77-64-16-64-77 (one-class, trains on benign rows, threshold = 95th "
-        f"percentile of benign validation scores), {args.rounds} rounds x {MODEL_SETTINGS['ae']['local_epochs']} "
+        f"percentile of benign validation scores), {args.rounds} rounds x {args.local_epochs or MODEL_SETTINGS['ae']['local_epochs']} "
         f"local epochs, Adam lr {MODEL_SETTINGS['ae']['lr']:g}; `mlp` = supervised MLP 77-64-32-1 (BCE, threshold "
-        f"0.5), {args.rounds} rounds x {MODEL_SETTINGS['mlp']['local_epochs']} local epoch, Adam lr "
+        f"0.5), {args.rounds} rounds x {args.local_epochs or MODEL_SETTINGS['mlp']['local_epochs']} local epoch, Adam lr "
         f"{MODEL_SETTINGS['mlp']['lr']:g}; batch 64. Centralized = same number of epochs on the pooled rows.",
         f"DP: client-level, add/remove one client, delta = {DELTA:g}, clip L2 = {args.clip:g}, noise calibrated to "
         f"target epsilon {args.epsilon:g} over {args.rounds} rounds (q = 1); the epsilon column is the ledger's "
@@ -311,8 +312,9 @@ def render(results: list[dict], args: argparse.Namespace, elapsed: float) -> str
         f"all protocol messages; CKKS: the ciphertext message). s/round = wall time of a round (all clients' "
         f"local training run sequentially in one process + aggregation); centralized: total time / rounds.",
         "",
-        machine_line(),
-        f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {elapsed / 60:.1f} min"
+        machine or machine_line(),
+        f"Run: {when or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {elapsed / 60:.1f} min"
+        + (f" with {args.jobs} parallel worker processes" if args.jobs > 1 else "")
         + (" (--quick: smoke settings, not results)" if args.quick else "") + ".",
         "",
     ]
@@ -438,6 +440,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--max-train-rows", type=int, default=0, help="cap on training rows (0 = all)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     ap.add_argument("--out", type=Path, default=Path("results/table1.md"))
+    ap.add_argument("--render-only", type=Path, default=None, metavar="JSON",
+                    help="re-write the Markdown from a previous run's table1.json without training")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.clients, args.rounds = args.seeds[:1], 4, 2
@@ -449,6 +453,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(1)
     args = parse_args(argv)
+    if args.render_only is not None:
+        import json
+
+        saved = json.loads(args.render_only.read_text())
+        sargs = argparse.Namespace(**saved["args"])
+        text = render(saved["runs"], sargs, saved["elapsed_s"], saved.get("machine_line"), saved.get("when"))
+        write_atomic(args.out, text)
+        print(text)
+        return 0
     tasks = build_tasks(args)
     t0 = time.perf_counter()
     results: list[dict] = []
@@ -474,10 +487,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     results.sort(key=lambda r: (r["dataset"], r["model"], order[r["row"]], r["seed"]))
     from secagg.experiment import machine_info, write_json
 
-    text = render(results, args, elapsed)
+    mline, when = machine_line(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    text = render(results, args, elapsed, mline, when)
     out_json = args.out.with_suffix(".json")
     write_json({"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                "machine": machine_info(), "libraries": library_versions(), "elapsed_s": elapsed,
+                "machine": machine_info(), "machine_line": mline, "when": when,
+                "libraries": library_versions(), "elapsed_s": elapsed,
                 "paper_accuracy_percent": PAPER, "runs": results}, out_json)
     write_atomic(args.out, text)
     print(text)
