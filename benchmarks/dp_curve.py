@@ -124,8 +124,9 @@ def main(argv=None) -> int:
         f"clients, all clients every round (q = 1), {args.rounds} FedAvg rounds x {args.local_epochs} local epochs, "
         f"batch {batch}, Adam lr {lr}, clip norm C = {args.clip}, delta = {DELTA:g}, add/remove-one-client, seeds "
         f"{args.seeds}. Threshold: 95th percentile of benign validation scores. z calibrated with dpa-rdp; "
-        f"'spent' is the epsilon recorded in the run's privacy ledger (dpa-rdp). ddp+secagg: distributed discrete "
-        f"Gaussian (each client adds N_Z noise, min_survivors = {args.clients}) through real SecAgg (32-bit ring).",
+        f"'spent' is the epsilon recorded in the run's privacy ledger (dpa-rdp)."
+        + (f" ddp+secagg: distributed discrete Gaussian (each client adds N_Z noise, min_survivors = {args.clients}) "
+           "through real SecAgg (32-bit ring)." if "ddp+secagg" in args.modes else ""),
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} ({os.cpu_count()} CPUs "
         f"shared), {elapsed:.0f} s, Python {sys.version.split()[0]}, torch {torch.__version__}"
         + (" (--quick)" if args.quick else "") + ".",
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
         lines.append(f"| {'none' if eps is None else f'{eps:g}'} | {mode if eps is not None else 'no DP (plain FedAvg)'} | "
                      f"{'-' if eps is None else f'{zs[eps]:.3g}'} | {'-' if eps is None else fmt(d['spent'], 3)} | "
                      f"{fmt(d['f1'])} | {fmt(d['auc'])} | {np.mean(d['seconds']):.1f} |")
-    lines += ["", "Plot: results/dp_curve.png. Mechanisms and accounting: docs/dp.md.", ""]
+    lines += ["", f"Plot: {args.out.with_suffix('.png')}. Mechanisms and accounting: docs/dp.md.", ""]
     text = "\n".join(lines)
     write_atomic(args.out, text.encode())
 
