@@ -46,7 +46,16 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from secagg.smpc import PHASES, DropoutSchedule, SessionConfig, derive_params, new_session_id, run_round
+from secagg.smpc import (
+    PHASES,
+    DropoutSchedule,
+    SessionConfig,
+    derive_params,
+    generate_identity,
+    identity_public_bytes,
+    new_session_id,
+    run_round,
+)
 
 
 @dataclass
@@ -92,29 +101,32 @@ def plaintext_sum_seconds(n: int, L: int, reps: int = 3) -> tuple[float, float]:
 
 def one(scheme: str, n: int, L: int, dropout: float, seed: int, corruption: float = 0.0) -> Row:
     ids = tuple(range(1, n + 1))
+    active = scheme.endswith("active")
+    idk = {u: generate_identity() for u in ids} if active else {}
     if scheme.startswith("SecAgg+"):
         p = derive_params(n, dropout_rate=dropout + 0.05, corruption_rate=corruption)
         degree, t = (None, n // 2 + 1) if p.complete else (p.degree, p.threshold)
     else:
-        degree, t = None, n // 2 + 1
-    cfg = SessionConfig(new_session_id(), 0, ids, t, L, degree=degree)
+        degree, t = None, (2 * n // 3 + 1 if active else n // 2 + 1)
+    cfg = SessionConfig(new_session_id(), 0, ids, t, L, degree=degree, mode="active" if active else "honest",
+                        identity_keys={u: identity_public_bytes(k) for u, k in idk.items()})
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 2**32, L, dtype=np.uint64).astype(np.uint32)
     # every client gets a distinct input without n full random draws: base rolled by id
     inputs = {u: np.roll(base, u) for u in ids}
     sched = DropoutSchedule.fraction_at(ids, dropout, "masked_input", rng)
     plain, plain_stack = plaintext_sum_seconds(n, L)
-    rep = run_round(cfg, inputs, sched)
+    rep = run_round(cfg, inputs, sched, idk)
     ref = np.zeros(L, dtype=np.uint32)
     for u in rep.survivors:
         ref += inputs[u]
     exact = bool(np.array_equal(ref, rep.total))
-    active = list(rep.survivors)  # clients that took part in every phase they were asked to
+    acting = list(rep.survivors)  # clients that took part in every phase they were asked to
     ph = rep.phases
     client_total = sum(ph[p].client_seconds_total for p in PHASES)
     n_act = max(1, ph["advertise"].clients)
     plain_up = 16 + 4 * L
-    up = float(np.mean([rep.bytes_up[u] for u in active]))
+    up = float(np.mean([rep.bytes_up[u] for u in acting]))
     return Row(
         scheme=scheme,
         n=n,
@@ -130,7 +142,7 @@ def one(scheme: str, n: int, L: int, dropout: float, seed: int, corruption: floa
         plain_s=plain,
         plain_stack_s=plain_stack,
         up=up,
-        down=float(np.mean([rep.bytes_down[u] for u in active])),
+        down=float(np.mean([rep.bytes_down[u] for u in acting])),
         expansion=up / plain_up,
         exact=exact,
         phases={p: (ph[p].client_seconds_mean, ph[p].client_seconds_max, ph[p].server_seconds,
@@ -152,7 +164,8 @@ def render(rows: list[Row], L: int, elapsed: float, load0, load1) -> str:
         "sequentially in one process, so `round` is the sequential cost of the whole federation. "
         "SecAgg: complete graph, t = floor(n/2)+1. SecAgg+: degree k and t from `derive_params(n, "
         "dropout_rate=dropout+0.05, corruption_rate=0)` (sigma=40, eta=20; falls back to the complete graph "
-        "when no sparser graph meets the bounds); the `SecAgg+ target` row uses corruption_rate=0.05.",
+        "when no sparser graph meets the bounds); the `SecAgg+ target` row uses corruption_rate=0.05. "
+        "`SecAgg active`: active-adversary mode (Ed25519-signed keys, consistency check), t = floor(2n/3)+1.",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
         f"numpy {np.__version__}. Load average before/after: {load0[0]:.2f}/{load1[0]:.2f} "
@@ -207,13 +220,15 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, nargs="+", default=[10, 100, 500])
     ap.add_argument("--plus-clients", type=int, nargs="+", default=[10, 100, 500, 1000])
     ap.add_argument("--dropouts", type=float, nargs="+", default=[0.0, 0.1, 0.3])
+    ap.add_argument("--active-clients", type=int, nargs="*", default=[100], help="n for active-mode SecAgg rows")
     ap.add_argument("--no-target", action="store_true", help="skip the SecAgg+ 1,000 x 10,000 target row")
     ap.add_argument("--out", type=Path, default=Path("results/smpc_table.md"))
     a = ap.parse_args(argv)
     if a.quick:
-        a.length, a.clients, a.plus_clients = 10_000, [10, 50], [100]
+        a.length, a.clients, a.plus_clients, a.active_clients = 10_000, [10, 50], [100], [20]
     jobs = [("SecAgg", n, a.length, d, 0.0) for n in a.clients for d in a.dropouts]
     jobs += [("SecAgg+", n, a.length, d, 0.0) for n in a.plus_clients for d in a.dropouts]
+    jobs += [("SecAgg active", n, a.length, d, 0.0) for n in a.active_clients for d in a.dropouts]
     if not a.no_target:  # issue target: SecAgg+ 1,000 clients x 10,000 with 5% dropout < 60 s
         jobs.append(("SecAgg+ target", 100 if a.quick else 1000, 10_000, 0.05, 0.05))
     load0 = os.getloadavg()
