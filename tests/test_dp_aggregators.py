@@ -136,3 +136,15 @@ def test_distributed_dp_with_secagg_and_dropouts(tmp_path):
     assert seen_drop
     with pytest.raises(NotEnoughClientsError):
         agg.aggregate(ups[:4], round_index=10)
+
+
+def test_distributed_dp_active_secagg_matches_plain_modular_sum_math():
+    rng = np.random.default_rng(6)
+    cfg = DistributedDPConfig(clip_norm=1.0, noise_multiplier=0.5, min_survivors=4, max_clients=5, modulus_bits=32)
+    ups = _updates(5, 0.01, rng, L=500)
+    res = DistributedDPAggregator(cfg, secagg_mode="active").aggregate(ups, round_index=0)
+    assert res.included == tuple(range(5))
+    err = res.delta - np.mean([u.delta for u in ups], axis=0)
+    assert err.std() == pytest.approx(res.metrics["ddp_noise_std_of_mean"], rel=0.2)
+    with pytest.raises(ConfigError, match="secagg_mode"):
+        DistributedDPAggregator(cfg, secagg_mode="malicious")

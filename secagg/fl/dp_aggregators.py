@@ -160,7 +160,8 @@ class CentralDPAggregator(Aggregator):
 class DistributedDPAggregator(Aggregator):
     """Distributed discrete Gaussian + secure aggregation (see module docstring).
 
-    ``secure=True`` runs a full :mod:`secagg.smpc` round (threshold = ``min_survivors``,
+    ``secure=True`` runs a full :mod:`secagg.smpc` round (``secagg_mode`` honest or active; threshold
+    ``max(min_survivors, n // 2 + 1)``,
     ``dropout`` simulates clients failing inside the protocol); ``secure=False`` computes the
     same modular sum in the clear (for testing the DP math alone).
     The mean is the decoded sum divided by the number of survivors.
@@ -182,6 +183,7 @@ class DistributedDPAggregator(Aggregator):
             raise ConfigError(f"secagg_mode must be 'honest' or 'active', got {secagg_mode!r}")
         self.secure, self.secagg_mode, self.dropout = secure, secagg_mode, dropout
         self._rng = np.random.default_rng(seed)  # simulated dropout only
+        self._identities: dict[int, object] = {}  # Ed25519 identity per client (active mode)
 
     def aggregate(self, updates: Sequence[ClientUpdate], *, round_index: int) -> AggregateResult:
         cfg = self.config
@@ -199,16 +201,24 @@ class DistributedDPAggregator(Aggregator):
         encoded = dict(zip((u.client_id for u in ups), rnd.encode_many(u.delta for u in ups)))
         metrics: dict[str, float] = {}
         if self.secure:
-            from secagg.smpc import DropoutSchedule, SessionConfig, new_session_id, run_round
+            from secagg.smpc import (DropoutSchedule, SessionConfig, generate_identity, identity_public_bytes,
+                                     new_session_id, run_round)
 
             pid = {u.client_id: i + 1 for i, u in enumerate(ups)}
             back = {v: k for k, v in pid.items()}
+            idk = {}
+            if self.secagg_mode == "active":
+                for u in ups:
+                    if u.client_id not in self._identities:
+                        self._identities[u.client_id] = generate_identity()
+                    idk[pid[u.client_id]] = self._identities[u.client_id]
             scfg = SessionConfig(session_id=new_session_id(), round_id=int(round_index) % 2**32,
                                  client_ids=tuple(range(1, n + 1)), threshold=max(cfg.min_survivors, n // 2 + 1),
-                                 vector_length=rnd.padded_dim, modulus_bits=cfg.modulus_bits, mode="honest")
+                                 vector_length=rnd.padded_dim, modulus_bits=cfg.modulus_bits, mode=self.secagg_mode,
+                                 identity_keys={p: identity_public_bytes(k) for p, k in idk.items()})
             sched = (DropoutSchedule.random(scfg.client_ids, self.dropout, self._rng) if self.dropout > 0
                      else DropoutSchedule())
-            rep = run_round(scfg, {pid[c]: v for c, v in encoded.items()}, sched)
+            rep = run_round(scfg, {pid[c]: v for c, v in encoded.items()}, sched, idk)
             total = rep.total
             survivors = tuple(back[p] for p in rep.survivors)
             up = {back[p]: b for p, b in rep.bytes_up.items()}
