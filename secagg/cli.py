@@ -113,12 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="one federated or centralized experiment")
     _add_run_args(run)
     run.set_defaults(func=cmd_run)
-    try:
-        from secagg.dp.cli import register as register_privacy
-    except ImportError:  # the dp layer is optional at import time only while it is being built
-        register_privacy = None
-    if register_privacy is not None:
-        register_privacy(sub)
+    from secagg.dp.cli import register as register_privacy
+
+    register_privacy(sub)
     return parser
 
 

@@ -232,3 +232,19 @@ def test_client_data_rejects_bad_shapes():
         ClientData(0, np.array([[np.inf, 0.0]]), np.zeros(1))
     with pytest.raises(ConfigError, match="min_clients"):
         FederatedServer(lambda: TinyRegressor(), make_clients([3]), WeightedMeanAggregator(), FedConfig(min_clients=2))
+
+
+def test_registry_builds_every_aggregator_and_each_aggregates():
+    from secagg.fl.registry import available, make_aggregator
+
+    names = available()
+    assert {"plaintext", "secagg", "secagg+", "ckks", "paillier", "dp-central", "median", "q8", "top1%+q8"} <= set(names)
+    rng = np.random.default_rng(0)
+    ups = [ClientUpdate(i, (rng.normal(size=64) * 0.01).astype(np.float32), 10) for i in range(7)]
+    plain = WeightedMeanAggregator().aggregate(ups, round_index=0).delta
+    for name in ("plaintext", "secagg", "secagg+", "median", "trimmed-mean", "q8"):
+        res = make_aggregator(name).aggregate(ups, round_index=0)
+        assert res.delta.shape == plain.shape
+        assert np.max(np.abs(res.delta - plain)) < 0.02, name
+    with pytest.raises(ConfigError, match="unknown aggregator"):
+        make_aggregator("nope")

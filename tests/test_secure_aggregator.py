@@ -131,3 +131,17 @@ def test_fedavg_core_round_with_secagg_matches_plaintext():
     rec = sec.run_round(0)
     assert np.max(np.abs(sec.global_params - plain.global_params)) <= 2 / 2**16
     assert sorted(rec.included) == [0, 1, 2, 3]
+
+
+def test_robust_rules_inside_secure_aggregation_are_refused():
+    """Median/Krum need every update; SecAgg (and distributed DP over it) reveal only the sum."""
+    from secagg.dp.discrete import DistributedDPConfig
+    from secagg.errors import ConfigError
+    from secagg.fl.dp_aggregators import DistributedDPAggregator
+    from secagg.fl.robust import ClientClipping, CoordinateMedian, Krum, check_combination
+
+    for secure in (SecAggAggregator(), DistributedDPAggregator(DistributedDPConfig(1.0, 1.0, 2, 10))):
+        for rule in (Krum(1), CoordinateMedian(1)):
+            with pytest.raises(ConfigError, match="incompatible"):
+                check_combination(rule, secure)
+    ClientClipping(SecAggAggregator(), bound=1.0)  # client-side clipping composes

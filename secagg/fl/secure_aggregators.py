@@ -105,6 +105,7 @@ class SecAggAggregator(Aggregator):
 
     name = "secagg"
     needs_individual_updates = False
+    hides_individual_updates = True  # the server learns only the masked sum
 
     def __init__(self, options: SecAggOptions | None = None, **kwargs) -> None:
         if options is not None and kwargs:
