@@ -128,7 +128,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str,
     res = run_federated(factory, clients, agg, cfg.fed_config(), X_val=data.X_val, y_val=data.y_val,
                         X_test=data.X_test, y_test=data.y_test, progress=progress)
     hist = res.to_dict()
-    rounds = res.rounds
+    rounds = [r for r in res.rounds if not r.failed] or res.rounds
     out.update(
         mode="federated",
         metrics=res.final_metrics,
@@ -137,6 +137,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str,
         upload_bytes_per_client_round=float(np.mean([r.mean_upload_bytes for r in rounds])),
         download_bytes_per_client_round=float(np.mean([r.mean_download_bytes for r in rounds])),
         model_parameters=int(res.final_params.size),
+        failed_rounds=res.failed_rounds,
         rounds=hist["rounds"],
     )
     return out

@@ -248,3 +248,17 @@ def test_registry_builds_every_aggregator_and_each_aggregates():
         assert np.max(np.abs(res.delta - plain)) < 0.02, name
     with pytest.raises(ConfigError, match="unknown aggregator"):
         make_aggregator("nope")
+
+
+def test_skip_failed_rounds_records_failure_and_keeps_training():
+    clients = make_clients([10] * 4)
+    base = dict(rounds=6, dropout=0.6, min_clients=3, seed=1, lr=0.1)
+    with pytest.raises(NotEnoughClientsError):
+        run_federated(lambda: TinyRegressor(), clients, WeightedMeanAggregator(), FedConfig(**base),
+                      X_val=clients[0].X, y_val=clients[0].y)
+    res = run_federated(lambda: TinyRegressor(), clients, WeightedMeanAggregator(),
+                        FedConfig(**base, skip_failed_rounds=True), X_val=clients[0].X, y_val=clients[0].y)
+    failed = res.failed_rounds
+    assert 0 < len(failed) < 6, failed
+    assert all("min_clients=3" in res.rounds[i].failed and res.rounds[i].upload_bytes == {} for i in failed)
+    assert not np.array_equal(res.final_params, flatten(TinyRegressor().module))  # successful rounds applied

@@ -16,7 +16,10 @@ from Decentralized Data"; FedProx: Li et al. 2020):
    ``w_global += server_lr * aggregate``.
 
 If fewer than ``min_clients`` survive, or the aggregator fails, the round raises and the
-global model is left exactly as it was before the round.
+global model is left exactly as it was before the round. With ``skip_failed_rounds=True``,
+:func:`run_federated` instead records a round that failed for too few clients
+(:class:`~secagg.errors.NotEnoughClientsError`, e.g. a secure-aggregation round that lost
+more clients than its threshold allows) as failed and goes on, as deployed FL servers do.
 
 Units: bytes are serialized payload sizes actually produced (``serialize_vector`` for
 plaintext; the aggregator's own messages otherwise), per client per round.
@@ -57,6 +60,7 @@ class FedConfig:
     seed: int = 0
     threshold_percentile: float = 95.0
     eval_every: int = 1
+    skip_failed_rounds: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -113,6 +117,7 @@ class RoundRecord:
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     aggregator_metrics: dict[str, float] = field(default_factory=dict)
+    failed: str = ""  # why the round produced no aggregate (skip_failed_rounds); "" if it succeeded
 
     @property
     def mean_upload_bytes(self) -> float:
@@ -138,6 +143,10 @@ class FederatedResult:
             if r.metrics:
                 return r.metrics
         return {}
+
+    @property
+    def failed_rounds(self) -> list[int]:
+        return [r.round for r in self.rounds if r.failed]
 
     def to_dict(self) -> dict[str, Any]:
         rounds = []
@@ -283,7 +292,13 @@ def run_federated(
         bar = tqdm(total=config.rounds, desc=f"FedAvg[{aggregator.name}]", unit="round")
     try:
         for r in range(config.rounds):
-            rec = server.run_round(r)
+            try:
+                rec = server.run_round(r)
+            except NotEnoughClientsError as e:
+                if not config.skip_failed_rounds:
+                    raise
+                rec = RoundRecord(r, [], [], [], {}, {}, float("nan"), 0.0, failed=str(e))
+                server.history.append(rec)
             if (r + 1) % config.eval_every == 0 or r == config.rounds - 1:
                 rec.metrics = server.evaluate(X_val, y_val, X_test, y_test)
             if round_callback is not None:
