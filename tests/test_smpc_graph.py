@@ -1,13 +1,15 @@
 """SecAgg+ Harary graphs and parameter derivation."""
 
 import math
+import subprocess
+import sys
 from collections import deque
 
 import pytest
 from scipy import stats
 
 from secagg.errors import ConfigError
-from secagg.smpc import derive_params
+from secagg.smpc import SessionConfig, derive_params, new_session_id
 from secagg.smpc.graph import harary_graph
 
 
@@ -80,3 +82,31 @@ def test_small_n_falls_back_to_complete_graph_and_says_so():
 def test_derive_params_rejects_bad_input(kw):
     with pytest.raises(ConfigError):
         derive_params(**kw)
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 8, 10, 11, 14, 100])
+def test_session_degree_is_accepted_by_session_config(n):
+    p = derive_params(n, 0.1, 0.05)
+    if p.complete:
+        assert p.session_degree is None and p.degree == n - 1
+    else:
+        assert p.session_degree == p.degree and p.degree % 2 == 0 and p.degree < n - 1
+    cfg = SessionConfig(session_id=new_session_id(), round_id=0, client_ids=tuple(range(1, n + 1)),
+                        threshold=p.threshold, vector_length=3, degree=p.session_degree)
+    assert cfg.neighbourhood_size == p.neighbourhood_size
+    assert all(len(nb) == p.degree for nb in cfg.graph.values())
+
+
+def test_small_n_threshold_equals_n_means_no_dropout_tolerated():
+    p = derive_params(10)
+    assert p.threshold == 10 and p.tolerated_dropouts == 0
+    assert "any dropout aborts" in p.explain()
+    q = derive_params(100, 0.1, 0.05)
+    assert q.tolerated_dropouts == q.degree + 1 - q.threshold > 0
+    assert "any dropout aborts" not in q.explain()
+
+
+def test_importing_smpc_does_not_import_scipy_stats():
+    code = "import sys, secagg.smpc; print('scipy.stats' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"

@@ -32,7 +32,19 @@ the connectivity of the honest subgraph); it is conservative for the neighbourho
 conditions and only a necessary condition for connectivity. If no k < n-1 satisfies
 the bounds, the complete graph (plain SecAgg, k = n-1) is returned.
 
+Small federations: when no k < n-1 meets the bounds, the complete graph is returned with
+the smallest secure t, which for small n is t = n (at the default rates delta = gamma =
+0.05 this holds for every n <= 13; ``derive_params(10)`` gives k = 9, t = 10). With t = n
+*any* dropout aborts the round (:class:`~secagg.errors.NotEnoughClientsError`); a caller
+that must tolerate dropouts with few clients has to choose t itself (and accept the
+weaker double-reveal bound that :meth:`SecAggPlusParams.explain` then reports).
+Pass :attr:`SecAggPlusParams.session_degree` (not ``degree``) to
+:class:`~secagg.smpc.SessionConfig`: it is ``None`` for the complete graph, whose degree
+n-1 may be odd and is not a valid Harary degree.
+
 Costs: building the graph is O(n k) time and memory; derivation is O(k^2) binomial tails.
+scipy.stats (about 0.5-2 s to import) is imported inside :func:`derive_params` only, so
+importing :mod:`secagg.smpc` (e.g. in every Flower ClientApp process) does not pay for it.
 """
 
 from __future__ import annotations
@@ -44,7 +56,6 @@ from typing import Sequence
 import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from scipy import stats
 
 from secagg.errors import ConfigError
 from secagg.smpc import prg
@@ -98,7 +109,31 @@ class SecAggPlusParams:
 
     @property
     def complete(self) -> bool:
+        """True when no sparse graph met the bounds: every client neighbours all n-1 others."""
         return self.degree >= self.n - 1
+
+    @property
+    def session_degree(self) -> int | None:
+        """The ``degree`` argument for :class:`~secagg.smpc.SessionConfig`: ``None`` for the
+        complete graph (plain SecAgg; ``degree`` is then n-1, possibly odd, which SessionConfig
+        rejects), else the even Harary degree k.
+
+        >>> p = derive_params(10)
+        >>> cfg = SessionConfig(session_id=new_session_id(), round_id=0, client_ids=tuple(range(1, 11)),
+        ...                     threshold=p.threshold, vector_length=4, degree=p.session_degree)  # doctest: +SKIP
+        """
+        return None if self.complete else self.degree
+
+    @property
+    def neighbourhood_size(self) -> int:
+        """m = k + 1: holders of each client's shares (its neighbours and itself)."""
+        return self.degree + 1
+
+    @property
+    def tolerated_dropouts(self) -> int:
+        """Share holders a closed neighbourhood may lose before the round aborts: m - t
+        (0 for small n, where t = n and any dropout aborts)."""
+        return self.degree + 1 - self.threshold
 
     def explain(self) -> str:
         kind = "complete graph (plain SecAgg)" if self.complete else f"random Harary graph H({self.degree}, {self.n})"
@@ -115,6 +150,8 @@ class SecAggPlusParams:
             f"  no double reveal: log2(n * P[Bin({m}, gamma) >= 2t-{m}={2 * self.threshold - m}]) = {ok(self.log2_double_reveal, self.sigma)}\n"
             f"  no isolated honest client: log2(n * (delta+gamma)^k) = {ok(self.log2_isolation, self.sigma)}\n"
             f"  cost per client: {self.degree} key agreements x2, {self.degree} share ciphertexts, {self.degree + 1} mask expansions"
+            + ("" if self.tolerated_dropouts else
+               f"\n  WARNING: t = {self.threshold} = the whole neighbourhood: any dropout aborts the round")
         )
 
 
@@ -123,7 +160,14 @@ def _log2_n(n: int, logp: float) -> float:
 
 
 def derive_params(n: int, dropout_rate: float = 0.05, corruption_rate: float = 0.05, sigma: int = 40, eta: int = 20) -> SecAggPlusParams:
-    """Smallest even degree k and a threshold t meeting the bounds in the module docstring."""
+    """Smallest even degree k and a threshold t meeting the bounds in the module docstring.
+
+    For small n the result is the complete graph, often with t = n (no dropout tolerated;
+    see :attr:`SecAggPlusParams.tolerated_dropouts`); use :attr:`SecAggPlusParams.session_degree`
+    for :class:`~secagg.smpc.SessionConfig`.
+    """
+    from scipy import stats  # lazy: ~0.5-2 s import, needed only here (not in every ClientApp process)
+
     if not (isinstance(n, int) and n >= 3):
         raise ConfigError(f"n must be an int >= 3, got {n!r}")
     if not (0 <= dropout_rate < 0.5):
