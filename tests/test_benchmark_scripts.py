@@ -1,4 +1,4 @@
-"""Smoke tests of the result scripts (benchmarks/table1.py, benchmarks/comm_vs_clients.py).
+"""Smoke tests of the result scripts (benchmarks/table1.py, comm_vs_clients.py, dp_clients_curve.py).
 
 Each script runs in a subprocess in its ``--quick`` mode, writing into a temp dir; the test
 checks that the Markdown table has every expected row and column, that the numbers are
@@ -97,3 +97,22 @@ def test_comm_vs_clients_quick_has_every_scheme(tmp_path):
     assert data["SecAgg+"]["10"]["how"].startswith("measured")
     # SecAgg bytes grow with n (key shares), and stay within 2x float32 at these sizes
     assert data["SecAgg"]["3"]["up"] < data["SecAgg"]["5"]["up"] < 2 * (16 + 4 * L)
+
+
+def test_dp_clients_curve_quick_certifies_each_target(tmp_path):
+    out = tmp_path / "res" / "dpc.md"
+    run_script("dp_clients_curve.py", "--quick", "--out", str(out), cwd=tmp_path)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["dpc.json", "dpc.md", "dpc.png"]
+    rows = table_rows(out.read_text(), "model")
+    got = {(r[1], r[3]) for r in rows}
+    assert got == {("no DP (FedAvg)", "∞"), ("central DP-FedAvg", "1"), ("central DP-FedAvg", "8"),
+                   ("distributed DP + SecAgg", "1"), ("distributed DP + SecAgg", "8")}
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    for r in runs:
+        if r["mechanism"] != "none":
+            assert 0.9 * r["epsilon_target"] < r["epsilon"] <= r["epsilon_target"]  # ledger meets the target
+            # central: z C / n exactly; distributed: the decoded discrete noise, within 5 % of it
+            assert r["noise_std_of_mean"] == pytest.approx(r["noise_multiplier"] * r["clip"] / r["clients"], rel=0.05)
+    # more epsilon -> less noise
+    central = sorted((r["epsilon_target"], r["noise_multiplier"]) for r in runs if r["mechanism"] == "central")
+    assert central[0][1] > central[1][1]
