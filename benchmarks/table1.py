@@ -34,10 +34,11 @@ Rows
 
 Writes ``results/table1.md`` and ``results/table1.json`` atomically (tmp + os.replace).
 ``--quick``: 1 seed, 4 clients, 2 rounds x 1 epoch, 1,500 training rows (smoke test).
-``--jobs N`` runs N runs in parallel processes (each one torch thread).
+``--jobs N`` runs N runs in parallel processes (each one torch thread; default 2, full run 6-12 min
+with 2 jobs on the shared 2-core machine).
 
 Usage: ``python benchmarks/table1.py [--quick] [--models ae mlp] [--datasets cicids2017 iot23]
-[--seeds 0 1 2] [--jobs 1] [--out results/table1.md]``
+[--seeds 0 1 2] [--jobs 2] [--out results/table1.md] [--render-only results/table1.json]``
 """
 
 from __future__ import annotations
@@ -454,7 +455,8 @@ def analysis(groups, args) -> list[str]:
         f"{m(c, 'ae', 'ddp', 'roc_auc')}, IoT-23 AE F1 {m(i, 'ae', 'ddp', 'f1')} (the "
         f"spread over seeds is large; differences between the two DP rows are within it). Usable "
         f"client-level DP needs many more clients per round (the noise on the mean falls as 1/n; see "
-        f"results/dp_curve.md) or a much larger epsilon.",
+        f"results/dp_clients_curve.md for 10 vs 100 clients, results/dp_curve.md for the AE with 50 clients) "
+        f"or a much larger epsilon.",
         f"* **Compression depends on the model.** Top-1 % + 8-bit cuts the upload "
         f"{float(up(c, 'mlp', 'fedavg').replace(',', '')) / float(up(c, 'mlp', 'compression').replace(',', '')):.0f}x "
         f"(MLP) and costs the MLP little (CICIDS2017 F1 {m(c, 'mlp', 'fedavg', 'f1')} -> "
@@ -516,7 +518,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha of the non-IID rows")
     ap.add_argument("--mu", type=float, default=0.01, help="FedProx proximal coefficient")
     ap.add_argument("--max-train-rows", type=int, default=0, help="cap on training rows (0 = all)")
-    ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel worker processes (2 = one per core here)")
     ap.add_argument("--out", type=Path, default=Path("results/table1.md"))
     ap.add_argument("--render-only", type=Path, default=None, metavar="JSON",
                     help="re-write the Markdown from a previous run's table1.json without training")
@@ -525,6 +527,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         args.seeds, args.clients, args.rounds = args.seeds[:1], 4, 2
         args.local_epochs = 1
         args.max_train_rows = args.max_train_rows or 1500
+        args.jobs = 1  # a smoke run is shorter than starting worker processes
     return args
 
 
