@@ -14,7 +14,10 @@ Round parameters
     :func:`derive_params`           SecAgg+ degree/threshold from n, dropout and corruption rates
                                     (:class:`SecAggPlusParams` has ``explain()``)
 State machines (transport-agnostic, bytes in / bytes out)
-    :class:`SecAggClient`           ``start() -> bytes``, ``set_input(uint vector)``, ``handle(bytes) -> bytes``
+    :class:`SecAggClient`           ``start() -> bytes``, ``set_input(uint vector)``, ``handle(bytes) -> bytes``,
+                                    ``export_state() -> bytes`` / ``SecAggClient.from_state(cfg, blob)`` to resume
+                                    in another process (the blob is SECRET; :class:`ClientStateError`,
+                                    format version :data:`STATE_FORMAT_VERSION`)
     :class:`SecAggServer`           ``receive(bytes)``, ``close_stage() -> {client_id: bytes}``,
                                     ``result() -> SecureSumResult``, ``stage``, ``participants``
     :class:`Stage`                  stage enum; :func:`decode` parses any message (``.header.stage``)
@@ -25,7 +28,8 @@ Identity keys (active mode)
     :func:`generate_identity`, :func:`identity_public_bytes`
 Errors (all ProtocolError except NotEnoughClientsError)
     MalformedMessageError, WrongSessionError, StageError, ReplayError, TamperedMessageError,
-    SignatureError, UnmaskRefusedError, ClientAbortError, VectorLengthError, NotEnoughClientsError
+    SignatureError, UnmaskRefusedError, ClientAbortError, VectorLengthError, ClientStateError (also a
+    DataError), NotEnoughClientsError
 
 Typical transport loop (what :func:`run_round` does)::
 
@@ -41,7 +45,7 @@ Primitives live in submodules: :mod:`.shamir`, :mod:`.prg`, :mod:`.keys`, :mod:`
 """
 
 from secagg.errors import NotEnoughClientsError
-from secagg.smpc.client import SecAggClient
+from secagg.smpc.client import STATE_FORMAT_VERSION, ClientStateError, SecAggClient
 from secagg.smpc.config import SessionConfig, new_session_id
 from secagg.smpc.driver import PHASES, DropoutSchedule, PhaseStats, RoundReport, run_round
 from secagg.smpc.errors import (
@@ -66,6 +70,8 @@ __all__ = [
     "derive_params",
     "SecAggPlusParams",
     "SecAggClient",
+    "ClientStateError",
+    "STATE_FORMAT_VERSION",
     "SecAggServer",
     "SecureSumResult",
     "Stage",
