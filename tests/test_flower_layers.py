@@ -23,9 +23,8 @@ from secagg.integrations.flower.layers import build_workflow, client_mods
 from secagg.integrations.flower.loopback import LoopbackGrid
 from secagg.integrations.flower.records import GLOBAL_PARAMS, NUM_EXAMPLES, TRAIN_CONFIG, TRAIN_METRICS, UPDATE, vector_to_record
 from secagg.integrations.flower.smpc import SMPC_RECORD, STATE_RECORD, SecAggWorkflow, encode_update, rounding_generator
-from secagg.integrations.flower.smpc_state import dump_client, load_client
 from secagg.integrations.flower.workflow import PlaintextWorkflow
-from secagg.smpc import ClientAbortError, DropoutSchedule, SecAggClient, SecAggServer, SessionConfig, Stage, run_round
+from secagg.smpc import ClientAbortError, ClientStateError, DropoutSchedule, SecAggClient, SecAggServer, SessionConfig, Stage, run_round
 from secagg.smpc import messages as M
 
 L = 64
@@ -206,18 +205,19 @@ def test_node_refuses_to_mask_when_the_servers_parameters_could_overflow():
     assert len(grid.errors) == 3 and all("bit budget" in e for e in grid.errors)
 
 
-def test_client_state_codec_round_trips_through_every_stage():
+def test_client_state_blob_round_trips_through_every_stage():
+    """What the mod does: every message is handled by a client rebuilt from the previous blob."""
     cfg = SessionConfig(session_id=b"\x03" * 16, round_id=5, client_ids=(1, 2, 3), threshold=2, vector_length=4)
     clients = {u: SecAggClient(cfg, u) for u in cfg.client_ids}
     server = SecAggServer(cfg)
     for u, c in list(clients.items()):
         server.receive(c.start())
-        clients[u] = load_client(dump_client(c))
+        clients[u] = SecAggClient.from_state(cfg, c.export_state(), client_id=u)
     out = server.close_stage()
     inputs = {u: np.array([u, 2 * u, 3, 2**32 - u], dtype=np.uint32) for u in cfg.client_ids}
     while server.stage not in (Stage.DONE, Stage.ABORTED):
         for u, msg in out.items():
-            c = load_client(dump_client(clients[u]))  # a fresh process for every message
+            c = SecAggClient.from_state(cfg, clients[u].export_state(), client_id=u)  # a fresh process per message
             if server.stage == Stage.MASKED_INPUT:
                 c.set_input(inputs[u])
             server.receive(c.handle(msg))
@@ -225,10 +225,35 @@ def test_client_state_codec_round_trips_through_every_stage():
         out = server.close_stage()
     expected = sum(v.astype(np.uint64) for v in inputs.values()) % 2**32
     np.testing.assert_array_equal(server.result().total, expected.astype(np.uint32))
-    with pytest.raises(ProtocolError, match="malformed|unknown format"):
-        load_client(b'{"format": "secagg.smpc.client-state/v1", "config": {}}')
+    blob = clients[1].export_state()
+    with pytest.raises(ClientStateError, match="expected client 2"):
+        SecAggClient.from_state(cfg, blob, client_id=2)
+    with pytest.raises(ClientStateError, match="truncated"):
+        SecAggClient.from_state(cfg, blob[:-1])
     with pytest.raises(ProtocolError):
-        load_client(b"\xff\xfe")
+        SecAggClient.from_state(cfg, b'{"format": "secagg.smpc.client-state/v1", "config": {}}')
+
+
+def test_mod_rejects_a_tampered_saved_state_and_forgets_the_round():
+    """A corrupted blob in a node's context.state: that node errors out instead of resuming; an intact node answers."""
+    grid = grid_for(4)
+    cfg = SessionConfig(session_id=b"\x07" * 16, round_id=0, client_ids=(1, 2, 3, 4), threshold=3, vector_length=L + 1)
+    server, node_of = _run_until_unmasking(grid, cfg)
+    saved = grid.contexts[node_of[1]].state.config_records[STATE_RECORD]
+    blob = bytearray(bytes(saved["client"]))
+    blob[100] ^= 0x10
+    saved["client"] = bytes(blob)
+    msgs = []
+    for c in (1, 2):
+        req = M.encode(M.Kind.UNMASK_REQUEST, M.UnmaskRequest(survivors=(1, 2, 3, 4), dropped=()),
+                       session_id=cfg.session_id, round_id=0, sender=M.SERVER_ID, receiver=c)
+        rd = RecordDict({SMPC_RECORD: ConfigRecord({"stage": "UNMASKING", "msg": req})})
+        msgs.append(Message(rd, dst_node_id=node_of[c], message_type=MessageType.TRAIN, group_id="1"))
+    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(msgs)}
+    assert replies[node_of[1]].has_error() and "digest mismatch" in replies[node_of[1]].error.reason
+    assert STATE_RECORD not in grid.contexts[node_of[1]].state.config_records
+    ok = M.decode(bytes(replies[node_of[2]].content.config_records[SMPC_RECORD]["msg"]))
+    assert ok.header.kind == M.Kind.UNMASK_RESPONSE and len(ok.payload.entries) == 4
 
 
 def test_example_app_secagg_aggregate_equals_driver_and_recovers_a_dropped_node():

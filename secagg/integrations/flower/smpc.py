@@ -33,7 +33,12 @@ Messages (type ``train``; ConfigRecord ``secagg.smpc``; stage names of
 A node that does not answer a stage within ``stage_timeout_s`` (or ``straggler_grace_s``
 after the first answer) is dropped; the server state machine recovers its pairwise masks
 from the survivors' shares, or aborts with NotEnoughClientsError below the threshold.
-Client state lives in ``context.state`` between messages (:mod:`.smpc_state`).
+Client state lives in the node's ``context.state`` between messages (Flower starts a fresh
+ClientApp process per message): the record ``secagg.smpc.state`` holds the blob of
+:meth:`secagg.smpc.SecAggClient.export_state` (public, versioned format; it contains the
+node's round secrets and never leaves the SuperNode), the round's setup JSON and the
+node's client id; :meth:`~secagg.smpc.SecAggClient.from_state` rejects a blob for another
+session, round, configuration or client. The record is deleted when the round ends or aborts.
 
 Costs per round (n nodes, d neighbours, L parameters, k-bit ring): 4 message round trips;
 upload per node ~ (L+1)*k/8 bytes + O(d) * ~150 bytes; client time O(d L) AES-CTR;
@@ -56,7 +61,7 @@ from flwr.serverapp import Grid
 from secagg.encoding import FixedPointConfig, decode_sum, encode, ring_dtype
 from secagg.errors import ConfigError, NotEnoughClientsError, ProtocolError
 from secagg.integrations.flower.records import update_from_reply
-from secagg.integrations.flower.smpc_state import config_from_json, config_to_json, dump_client, load_client
+from secagg.integrations.flower.smpc_state import config_from_json, config_to_json
 from secagg.integrations.flower.workflow import FlowerRoundResult, RoundWorkflow, train_message
 from secagg.smpc import ClientAbortError, SecAggClient, SecAggServer, SessionConfig, Stage, derive_params, new_session_id
 
@@ -105,16 +110,22 @@ class SecAggMod:
         try:
             if stage == Stage.ADVERTISE_KEYS.name:
                 setup = json.loads(bytes(rec["setup"]).decode())
-                client = SecAggClient(config_from_json(setup["session"]), int(rec["client-id"]))
+                client_id = int(rec["client-id"])
+                client = SecAggClient(config_from_json(setup["session"]), client_id)
                 out = client.start()
-                context.state.config_records[STATE_RECORD] = ConfigRecord({"client": dump_client(client), "setup": bytes(rec["setup"])})
+                context.state.config_records[STATE_RECORD] = ConfigRecord(
+                    {"client": client.export_state(), "setup": bytes(rec["setup"]), "client-id": client_id})
                 return self._reply(msg, out)
             if STATE_RECORD not in context.state.config_records:
                 raise ProtocolError(f"secagg mod: stage {stage} arrived but this node has no round in progress")
             saved = context.state.config_records[STATE_RECORD]
-            client = load_client(bytes(saved["client"]))
-            if stage == Stage.MASKED_INPUT.name:
+            try:
                 setup = json.loads(bytes(saved["setup"]).decode())
+                cfg, client_id, blob = config_from_json(setup["session"]), int(saved["client-id"]), bytes(saved["client"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise ProtocolError(f"secagg mod: this node's saved round state is malformed ({type(e).__name__}: {e})") from None
+            client = SecAggClient.from_state(cfg, blob, client_id=client_id)  # ClientStateError if not this round's
+            if stage == Stage.MASKED_INPUT.name:
                 reply = call_next(msg, context)  # the unchanged training function
                 delta, n_ex = update_from_reply(reply.content, where="local training")
                 client.set_input(self._encode(delta, n_ex, setup, context, client.config, client.id))
@@ -124,7 +135,7 @@ class SecAggMod:
             if client.stage == Stage.DONE:
                 del context.state.config_records[STATE_RECORD]
             else:
-                saved["client"] = dump_client(client)
+                saved["client"] = client.export_state()
             return self._reply(msg, out)
         except ProtocolError as e:
             abort = getattr(e, "abort_message", None)
@@ -217,9 +228,9 @@ class SecAggWorkflow(RoundWorkflow):
                 degree = self.degree
             else:
                 p = derive_params(max(n, 3), self.dropout_rate, self.corruption_rate)
-                degree = p.degree
+                degree = p.session_degree  # None: no sparse graph meets the bounds (small n; often t = n)
                 t = t or p.threshold
-            if degree >= n - 1:
+            if degree is not None and degree >= n - 1:
                 degree = None  # the Harary graph is complete: plain SecAgg
         if not t:
             m = n if degree is None else degree + 1
