@@ -202,7 +202,9 @@ def render(results, summary, args, elapsed: float, png: Path) -> str:
         f"(central: z C / n; distributed: from the decoded discrete noise)."
         + (f" Training rows capped at {args.max_train_rows}." if args.max_train_rows else ""),
         "Distributed DP + SecAgg runs only for the client counts listed: with 100 clients one full SecAgg "
-        "round plus 100 discrete-Gaussian encodings takes minutes per FedAvg round on this machine.",
+        "round plus 100 discrete-Gaussian encodings takes minutes per FedAvg round on this machine. The same "
+        "training rows spread over more clients give each client fewer rows and optimizer steps per round, so "
+        "the no-DP baseline itself differs by client count: compare each DP curve with its own dashed line.",
         "",
         machine_line(),
         f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {elapsed / 60:.1f} min"
