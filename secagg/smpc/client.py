@@ -274,7 +274,7 @@ class SecAggClient:
 
         The digest detects truncation and corruption (not a forger who can also write the
         store, who by the threat model above already holds the keys). Size: about
-        150 + 180 d bytes with d neighbours (+ 64 d in active mode, + L k/8 with an input).
+        350 + 180 d bytes with d neighbours (+ 64 d in active mode, + L k/8 with an input).
         """
         cfg, u = self.config, self.id
         stage = self.stage
