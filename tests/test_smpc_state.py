@@ -242,6 +242,11 @@ def test_well_sealed_but_inconsistent_blobs_are_rejected():
     c_sk_at = stage_at + 2
     with pytest.raises(ClientStateError, match="own public keys"):
         SecAggClient.from_state(CFG, reseal(mi[:c_sk_at] + bytes(32) + mi[c_sk_at + 32:]))
+    # two key-list entries swapped (ids no longer ascending)
+    u1_at, entry = c_sk_at + 64 + 32 + 4, 4 + 32 + 32 + 1
+    first, second = mi[u1_at:u1_at + entry], mi[u1_at + entry:u1_at + 2 * entry]
+    with pytest.raises(ClientStateError, match="key-list ids are not strictly increasing"):
+        SecAggClient.from_state(CFG, reseal(mi[:u1_at] + second + first + mi[u1_at + 2 * entry:]))
     # a DONE blob claiming to still hold shares, and an UNMASKING blob with its masked input "unsent"
     un = BLOBS[Stage.UNMASKING][:-32]
     with pytest.raises(ClientStateError, match="held shares"):

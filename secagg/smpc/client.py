@@ -137,6 +137,13 @@ class _StateReader:
             raise ClientStateError(f"client state: {what} are not strictly increasing (duplicates or reordered)")
         return out
 
+    def increasing_id(self, what: str, so_far: dict) -> int:
+        """The next id of a list written in ascending order (``so_far`` keeps insertion order)."""
+        v = self.u32(what)
+        if so_far and v <= next(reversed(so_far)):
+            raise ClientStateError(f"client state: {what} are not strictly increasing (duplicates or reordered)")
+        return v
+
     def end(self) -> None:
         if self.pos != len(self.body):
             raise ClientStateError(f"client state: {len(self.body) - self.pos} unexpected trailing bytes")
@@ -380,25 +387,19 @@ class SecAggClient:
             self._b = r.take(prg.SEED_BYTES, "the self-mask seed")
             u1: dict[int, M.KeyEntry] = {}
             for _ in range(r.count("key-list entries")):
-                v = r.u32("a key-list id")
+                v = r.increasing_id("key-list ids", u1)
                 c_pk, s_pk = r.take(32, "c_pk"), r.take(32, "s_pk")
                 sig = r.take(r.take(1, "a signature length")[0], "a signature")
-                if u1 and v <= max(u1):
-                    raise ClientStateError("client state: key-list ids are not strictly increasing")
                 u1[v] = M.KeyEntry(v, c_pk, s_pk, sig)
             self._U1 = u1
             enc: dict[int, bytes] = {}
             for _ in range(r.count("share keys")):
-                v = r.u32("a share-key id")
-                if enc and v <= max(enc):
-                    raise ClientStateError("client state: share-key ids are not strictly increasing")
+                v = r.increasing_id("share-key ids", enc)
                 enc[v] = r.take(32, "a share key")
             self._enc_keys = enc
             shares: dict[int, tuple[int, int]] = {}
             for _ in range(r.count("held shares")):
-                v = r.u32("a share owner id")
-                if shares and v <= max(shares):
-                    raise ClientStateError("client state: share owner ids are not strictly increasing")
+                v = r.increasing_id("share owner ids", shares)
                 shares[v] = (shamir.share_from_bytes(r.take(shamir.SHARE_BYTES, "a b_u share")),
                              shamir.share_from_bytes(r.take(shamir.SHARE_BYTES, "an s_u share")))
             self._shares = shares
