@@ -11,10 +11,7 @@ Results are plain dicts (JSON-serialisable) written atomically by :func:`write_j
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +23,7 @@ import torch
 from secagg.errors import ConfigError
 from secagg.fl.core import ClientData, FedConfig, run_federated, train_centralized
 from secagg.fl.registry import make_aggregator
+from secagg.reporting import machine_info, write_json, write_text  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -86,23 +84,6 @@ def detector_factory(model: str, n_features: int, seed: int) -> Callable[[], Any
     return lambda: make_detector(model, n_features, seed=seed)
 
 
-def machine_info() -> dict[str, Any]:
-    """Cores, CPU and library versions, recorded with every result."""
-    import numpy
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "numpy": numpy.__version__, "torch": torch.__version__}
-
-
 def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run the experiment and return a result dict (config, metrics, bytes, timing)."""
     torch.manual_seed(cfg.seed)
@@ -141,42 +122,3 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str,
         rounds=hist["rounds"],
     )
     return out
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as JSON atomically (temp file in the same folder + fsync + rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=_jsonable)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
-
-
-def write_text(text: str, path: str | os.PathLike) -> Path:
-    """Write a text file atomically (used for Markdown result tables)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
-    return p
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
