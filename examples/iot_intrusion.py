@@ -26,7 +26,8 @@ from secagg.cli import format_table
 from secagg.dp import PrivacyBudget, PrivacyLedger
 from secagg.dp.calibrate import calibrate_noise_multiplier
 from secagg.dp.discrete import DistributedDPConfig
-from secagg.experiment import ExperimentConfig, detector_factory, prepare_experiment, write_json
+from secagg.experiment import ExperimentConfig, detector_factory, prepare_experiment
+from secagg.reporting import write_json
 from secagg.fl.core import run_federated
 from secagg.fl.dp_aggregators import CentralDPAggregator, DistributedDPAggregator
 from secagg.fl.registry import make_aggregator

@@ -60,7 +60,8 @@ def format_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from secagg.experiment import run_experiment, write_json
+    from secagg.experiment import run_experiment
+    from secagg.reporting import write_json
 
     cfg = _config_from(args)
     res = run_experiment(cfg, progress=not args.quiet)
@@ -77,7 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Federated AE across 10 IoT clients (plaintext FedAvg and SecAgg+) vs the centralized baseline,
     on the real CICIDS2017 sample."""
-    from secagg.experiment import ExperimentConfig, run_experiment, write_json
+    from secagg.experiment import ExperimentConfig, run_experiment
+    from secagg.reporting import write_json
 
     base = ExperimentConfig(dataset="cicids2017", model="ae", clients=10, rounds=args.rounds, seed=args.seed,
                             data_path=args.data_path)
