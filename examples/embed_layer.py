@@ -17,7 +17,7 @@ fp.check_budget(n_clients=len(ids))  # the sum cannot wrap around
 plan = derive_params(len(ids), dropout_rate=0.1, corruption_rate=0.05)  # SecAgg+ degree, t
 cfg = SessionConfig(new_session_id(), round_id=0, client_ids=ids, threshold=plan.threshold,
                     vector_length=1000, modulus_bits=fp.modulus_bits,
-                    degree=None if plan.complete else plan.degree)  # small n: complete graph, t=17
+                    degree=plan.session_degree)  # small n: complete graph, t=17
 
 drops = DropoutSchedule(masked_input=frozenset({3}), unmasking=frozenset({7}))
 report = run_round(cfg, {u: encode(private[u], fp).values for u in ids}, drops)

@@ -86,7 +86,7 @@ def secagg_session(ids: tuple[int, ...], vector_length: int, dropout: float, rou
     plan = derive_params(len(ids), dropout_rate=max(dropout, 0.05), corruption_rate=0.05)
     return SessionConfig(new_session_id(), round_id=round_id, client_ids=ids, threshold=plan.threshold,
                          vector_length=vector_length, modulus_bits=MODULUS_BITS,
-                         degree=None if plan.complete else plan.degree)
+                         degree=plan.session_degree)
 
 
 def evaluate(global_params: np.ndarray, model: AutoencoderDetector, Xtr: np.ndarray, Xte: np.ndarray, fleet, percentile: float) -> dict:
