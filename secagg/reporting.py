@@ -29,17 +29,21 @@ def machine_info() -> dict[str, Any]:
     """Cores, CPU and library versions, recorded with every result."""
     import torch
 
+    return {"cores": os.cpu_count(), "cpu": cpu_name(), "python": platform.python_version(),
+            "numpy": np.__version__, "torch": torch.__version__}
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (``platform.processor()`` / machine type elsewhere)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "numpy": np.__version__, "torch": torch.__version__}
+    return cpu
 
 
 def library_versions(packages: Sequence[str] = RESULT_LIBRARIES) -> dict[str, str]:
@@ -60,21 +64,21 @@ def machine_line(packages: Sequence[str] = RESULT_LIBRARIES) -> str:
 
     CPU model, core count, the 1/5/15-minute load average at the time of the call (the
     machine is shared: times include contention), the Python version and the version of
-    every library in ``packages``. Example::
+    every library in ``packages`` (read from the installed metadata: nothing is imported,
+    so a numpy-only script does not pay for importing torch). Example::
 
         Machine: AMD EPYC 7B13, 2 cores (shared with other users; load average 1.2/0.9/0.8 when
         the table was written), Python 3.11.9; numpy 2.3.1, torch 2.13.0, .... Times are
         wall-clock on this shared machine: compare rows of one run, not absolute values.
     """
-    m = machine_info()
     libs = ", ".join(f"{k} {v}" for k, v in library_versions(packages).items())
     try:
         load = "load average %.1f/%.1f/%.1f" % os.getloadavg()
     except OSError:
         load = "load average n/a"
-    return (f"Machine: {m['cpu']}, {m['cores']} cores (shared with other users; {load} when the table was "
-            f"written), Python {m['python']}; {libs}. Times are wall-clock on this shared machine: compare rows "
-            f"of one run, not absolute values.")
+    return (f"Machine: {cpu_name()}, {os.cpu_count()} cores (shared with other users; {load} when the table "
+            f"was written), Python {platform.python_version()}; {libs}. Times are wall-clock on this shared "
+            f"machine: compare rows of one run, not absolute values.")
 
 
 def mean_std(values: Iterable[Optional[float]], fmt: str = ".3f", *, sep: str = "±",
