@@ -40,7 +40,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -50,7 +49,9 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import he_table  # noqa: E402  (benchmarks/ is not a package)
-from table1 import library_versions, machine_line, write_atomic  # noqa: E402
+from _common import args_dict  # noqa: E402
+
+from secagg.reporting import library_versions, machine_info, machine_line, save_figure, write_json, write_text  # noqa: E402,E501
 
 MAX_WEIGHT = 60  # client weights in [1, 60]: 1,000 clients stay under PaillierConfig's max_total_weight 2**16
 
@@ -173,15 +174,7 @@ def plot(table: dict[str, dict[int, dict]], args, path: Path) -> None:
     axes[0].set_title(f"Upload per client, L = {args.length:,}")
     axes[1].set_title("Time per round (hollow = extrapolated)")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -276,14 +269,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     png = args.out.with_suffix(".png")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(table, args, png)
-    from secagg.experiment import machine_info, write_json
-
-    write_json({"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                "machine": machine_info(), "libraries": library_versions(), "elapsed_s": elapsed,
+    write_json({"args": args_dict(args), "machine": machine_info(), "libraries": library_versions(),
+                "elapsed_s": elapsed,
                 "table": {s: {str(n): d for n, d in rows.items()} for s, rows in table.items()}},
                args.out.with_suffix(".json"))
     text = render(table, args, elapsed, png)
-    write_atomic(args.out, text)
+    write_text(text, args.out)
     print(text)
     return 0
 

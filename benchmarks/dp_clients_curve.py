@@ -38,7 +38,6 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Optional
 
@@ -47,14 +46,17 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from table1 import (  # noqa: E402  (benchmarks/ is not a package)
-    DELTA,
-    MODEL_SETTINGS,
-    calibrate_distributed_dp,
+from _common import args_dict, run_tasks  # noqa: E402  (benchmarks/ is not a package)
+from table1 import DELTA, MODEL_SETTINGS, calibrate_distributed_dp, split_and_partition  # noqa: E402
+
+from secagg.reporting import (  # noqa: E402
     library_versions,
+    machine_info,
     machine_line,
-    split_and_partition,
-    write_atomic,
+    mean_std,
+    save_figure,
+    write_json,
+    write_text,
 )
 
 
@@ -159,24 +161,12 @@ def plot(summary, args, path: Path) -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
 def fmt(v: list[float], d: int = 3) -> str:
-    if not v:
-        return "n/a"
-    a = np.array(v)
-    return f"{a.mean():.{d}f}" + (f" ± {a.std():.{d}f}" if a.size > 1 else "")
+    return mean_std(v, f".{d}f", sep=" ± ")
 
 
 def render(results, summary, args, elapsed: float, png: Path) -> str:
@@ -274,32 +264,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     tasks = build_tasks(args)
     t0 = time.perf_counter()
-    results = []
     bar = tqdm(total=len(tasks), desc="dp_clients_curve", unit="run")
-    if args.jobs > 1:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as ex:
-            for f in as_completed([ex.submit(run_one, t) for t in tasks]):
-                results.append(f.result())
-                bar.update(1)
-    else:
-        for t in tasks:
-            bar.set_postfix_str(f"{t['model']} {t['mechanism']} n={t['clients']} eps={t['epsilon_target']} s{t['seed']}")
-            results.append(run_one(t))
-            bar.update(1)
+    results = run_tasks(run_one, tasks, args.jobs, bar, describe=lambda t: (
+        f"{t['model']} {t['mechanism']} n={t['clients']} eps={t['epsilon_target']} s{t['seed']}"))
     bar.close()
     elapsed = time.perf_counter() - t0
     summary = summarise(results)
     png = args.out.with_suffix(".png")
     plot(summary, args, png)
-    from secagg.experiment import machine_info, write_json
-
-    write_json({"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                "machine": machine_info(), "libraries": library_versions(), "elapsed_s": elapsed, "runs": results},
+    write_json({"args": args_dict(args), "machine": machine_info(), "libraries": library_versions(),
+                "elapsed_s": elapsed, "runs": results},
                args.out.with_suffix(".json"))
     text = render(results, summary, args, elapsed, png)
-    write_atomic(args.out, text)
+    write_text(text, args.out)
     print(text)
     return 0
 

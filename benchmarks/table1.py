@@ -46,17 +46,18 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from _common import args_dict, run_tasks
+from secagg.reporting import library_versions, machine_info, machine_line, mean_std, write_json, write_text
 
 DELTA = 1e-5
 PAPER = {"central": 94.5, "fedavg": 96.1, "central_dp": 96.5, "compression": 95.8}  # accuracy %, seed paper Table 1
@@ -89,49 +90,6 @@ def row_labels(args: argparse.Namespace) -> dict[str, str]:
 
 ROW_KEYS = ["central", "fedavg", "central_dp", "compression", "secagg+", "ckks", "ddp", "fedavg_noniid", "fedprox"]
 COST = {"ddp": 6, "secagg+": 4, "ckks": 3}  # rough relative run time, for scheduling longest first
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of every library a Table 1 number depends on."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("numpy", "torch", "tenseal", "cryptography", "phe", "opacus", "dp-accounting", "scipy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def machine_line() -> str:
-    from secagg.experiment import machine_info
-
-    m = machine_info()
-    libs = ", ".join(f"{k} {v}" for k, v in library_versions().items())
-    try:
-        load = "load average %.1f/%.1f/%.1f" % os.getloadavg()
-    except OSError:
-        load = "load average n/a"
-    return (f"Machine: {m['cpu']}, {m['cores']} cores (shared with other users; {load} when the table was "
-            f"written), Python {m['python']}; {libs}. Times are wall-clock on this shared machine: compare rows "
-            f"of one run, not absolute values.")
 
 
 # ----------------------------------------------------------------------------- data
@@ -264,11 +222,9 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- table
-def fmt(vals: list[float], digits: int = 3) -> str:
-    v = np.array([x for x in vals if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=float)
-    if v.size == 0:
-        return "n/a"
-    return f"{v.mean():.{digits}f}" + (f" ± {v.std():.{digits}f}" if v.size > 1 else "")
+def fmt(vals: list[Optional[float]], digits: int = 3) -> str:
+    """mean ± std over seeds; None / NaN entries (a metric a run could not compute) are left out."""
+    return mean_std(vals, f".{digits}f", sep=" ± ", skip_missing=True)
 
 
 def fmt_bytes(vals: list[Optional[float]]) -> str:
@@ -540,42 +496,25 @@ def main(argv: Optional[list[str]] = None) -> int:
         saved = json.loads(args.render_only.read_text())
         sargs = argparse.Namespace(**saved["args"])
         text = render(saved["runs"], sargs, saved["elapsed_s"], saved.get("machine_line"), saved.get("when"))
-        write_atomic(args.out, text)
+        write_text(text, args.out)
         print(text)
         return 0
     tasks = build_tasks(args)
     t0 = time.perf_counter()
-    results: list[dict] = []
     bar = tqdm(total=len(tasks), desc="table1", unit="run")
-    if args.jobs > 1:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(run_one, t): t for t in tasks}
-            for f in as_completed(futs):
-                r = f.result()
-                results.append(r)
-                bar.set_postfix_str(f"{r['dataset']} {r['model']} {r['row']} s{r['seed']}")
-                bar.update(1)
-    else:
-        for t in tasks:
-            bar.set_postfix_str(f"{t['dataset']} {t['model']} {t['row']} s{t['seed']}")
-            results.append(run_one(t))
-            bar.update(1)
+    results = run_tasks(run_one, tasks, args.jobs, bar,
+                        describe=lambda t: f"{t['dataset']} {t['model']} {t['row']} s{t['seed']}")
     bar.close()
     elapsed = time.perf_counter() - t0
     order = {k: i for i, k in enumerate(ROW_KEYS)}
     results.sort(key=lambda r: (r["dataset"], r["model"], order[r["row"]], r["seed"]))
-    from secagg.experiment import machine_info, write_json
-
     mline, when = machine_line(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     text = render(results, args, elapsed, mline, when)
     out_json = args.out.with_suffix(".json")
-    write_json({"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                "machine": machine_info(), "machine_line": mline, "when": when,
+    write_json({"args": args_dict(args), "machine": machine_info(), "machine_line": mline, "when": when,
                 "libraries": library_versions(), "elapsed_s": elapsed,
                 "paper_accuracy_percent": PAPER, "runs": results}, out_json)
-    write_atomic(args.out, text)
+    write_text(text, args.out)
     print(text)
     return 0
 
