@@ -39,10 +39,7 @@ Usage: ``python benchmarks/he_table.py [--quick] [--length N] [--clients 10 100]
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +50,10 @@ from tqdm.auto import tqdm
 from secagg.fl.aggregator import deserialize_vector, serialize_vector
 from secagg.he.ckks import CKKS_8192, CKKS_16384, CKKSClient, CKKSKeyHolder, CKKSPreset, CKKSServer
 from secagg.he.paillier import PaillierClient, PaillierConfig, PaillierKeyHolder, PaillierServer
+from secagg.reporting import machine_line, write_text
 
 MAX_WEIGHT = 100  # client weights (example counts) are drawn from [1, MAX_WEIGHT]
+HE_LIBRARIES = ("numpy", "tenseal", "phe", "gmpy2")  # what secagg.he runs on (named in the machine line)
 
 
 @dataclass
@@ -292,14 +291,6 @@ def render(rows: list[Row], notes: list[str], header: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def precision_study(out: Path, counts: list[int]) -> str:
     """Worst CKKS error of the weighted mean vs client count and magnitude (one chunk of N/2 values).
 
@@ -325,7 +316,7 @@ def precision_study(out: Path, counts: list[int]) -> str:
             err = float(np.max(np.abs(res.mean - acc / sum(weights.values()))))
             lines.append(f"| {preset.name} | {n} | {amp:g} | {err:.2e} | {res.error_bound:.2e} | {res.error_bound / err:.0f}x |")
     text = "\n".join(lines) + "\n"
-    write_atomic(out, text)
+    write_text(text, out)
     return text
 
 
@@ -400,13 +391,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{CKKS_16384.name} coeff_mod {list(CKKS_16384.coeff_mod_bit_sizes)} scale 2^{CKKS_16384.scale_bits}.",
         f"Workload: {length:,} values uniform in [-1, 1] per client, integer weights in [1, {MAX_WEIGHT}]; "
         f"bytes are serialized message sizes (framing included).",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}; "
-        f"load average at the end {os.getloadavg()[0]:.1f} (shared machine: times include contention); run took {wall:.0f} s"
-        + (" (--quick)" if args.quick else "") + ".",
+        machine_line(HE_LIBRARIES) + f" Run took {wall:.0f} s" + (" (--quick)" if args.quick else "") + ".",
     ]
     header = f"# Homomorphic aggregation costs: {length:,}-value update, {' and '.join(map(str, clients))} clients"
     text = render(rows, notes, header)
-    write_atomic(args.out, text)
+    write_text(text, args.out)
     print(text)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -36,9 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from secagg.reporting import machine_line, write_text
 from secagg.smpc import (
     PHASES,
     DropoutSchedule,
@@ -56,6 +54,8 @@ from secagg.smpc import (
     new_session_id,
     run_round,
 )
+
+SMPC_LIBRARIES = ("numpy", "cryptography", "scipy")  # what secagg.smpc runs on (named in the machine line)
 
 
 @dataclass
@@ -154,7 +154,7 @@ def fmt_bytes(b: float) -> str:
     return f"{b / 1e6:.2f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB"
 
 
-def render(rows: list[Row], L: int, elapsed: float, load0, load1) -> str:
+def render(rows: list[Row], L: int, elapsed: float, load0) -> str:
     out = [
         "# Masked secure aggregation cost (secagg.smpc)",
         "",
@@ -167,9 +167,7 @@ def render(rows: list[Row], L: int, elapsed: float, load0, load1) -> str:
         "when no sparser graph meets the bounds); the `SecAgg+ target` row uses corruption_rate=0.05. "
         "`SecAgg active`: active-adversary mode (Ed25519-signed keys, consistency check), t = floor(2n/3)+1.",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-        f"numpy {np.__version__}. Load average before/after: {load0[0]:.2f}/{load1[0]:.2f} "
-        "(shared machine: compare rows of one run; absolute times are noisy). "
+        machine_line(SMPC_LIBRARIES) + f" Load average at the start: {load0[0]:.2f}. "
         f"Run took {elapsed:.0f} s on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
         "| scheme | n | L | k (nbrs) | t | dropout | survivors | round | client/cl | mask/cl | server | plain acc | plain stack | mask/acc | mask/stack | up/cl | down/cl | expansion | exact |",
@@ -205,14 +203,6 @@ def render(rows: list[Row], L: int, elapsed: float, load0, load1) -> str:
     return "\n".join(out)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small smoke run (L=10,000; n in 10, 50; SecAgg+ 100)")
@@ -236,9 +226,9 @@ def main(argv=None) -> int:
     rows = []
     for i, (scheme, n, L, d, g) in enumerate(tqdm(jobs, desc="smpc table", unit="round")):
         rows.append(one(scheme, n, L, d, seed=i, corruption=g))
-        write_atomic(a.out, render(rows, a.length, time.perf_counter() - t0, load0, os.getloadavg()))
-    text = render(rows, a.length, time.perf_counter() - t0, load0, os.getloadavg())
-    write_atomic(a.out, text)
+        write_text(render(rows, a.length, time.perf_counter() - t0, load0), a.out)
+    text = render(rows, a.length, time.perf_counter() - t0, load0)
+    write_text(text, a.out)
     print(text)
     return 0 if all(r.exact for r in rows) else 1
 
