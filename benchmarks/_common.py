@@ -4,12 +4,13 @@ The scripts run as ``python benchmarks/<name>.py``, so this folder is on ``sys.p
 ``import _common`` works without making benchmarks/ a package. Atomic writing, the machine
 line and mean±std formatting live in :mod:`secagg.reporting`; here is only what is specific
 to the scripts: the JSON form of their arguments, the IID client split of the CICIDS2017
-tables and the run-every-task loop (a spawn process pool or in-process).
+tables, the "Measured ..." line and the run-every-task loop (a spawn process pool or in-process).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,6 +19,7 @@ import numpy as np
 
 from secagg.detect import partition
 from secagg.fl.core import ClientData
+from secagg.reporting import machine_line
 
 
 def args_dict(args: argparse.Namespace) -> dict[str, Any]:
@@ -67,3 +69,9 @@ def run_tasks(fn: Callable[[dict], dict], tasks: list[dict], jobs: int, bar: Any
             results.append(fn(t))
             bar.update(1)
     return results
+
+
+def measured_line(elapsed_s: float, quick: bool) -> str:
+    """"Measured <UTC time>, <seconds> s [(--quick)]." followed by :func:`secagg.reporting.machine_line`."""
+    return (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {elapsed_s:.0f} s"
+            + (" (--quick)" if quick else "") + ". " + machine_line())

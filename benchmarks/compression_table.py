@@ -20,10 +20,7 @@ Usage: ``python benchmarks/compression_table.py [--quick] [--seeds 0 1 2] [--rou
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -32,25 +29,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from secagg.detect import load_dataset, make_detector, partition, prepare
+from _common import iid_clients, measured_line
+from secagg.detect import load_dataset, make_detector, prepare
 from secagg.fl.aggregator import WeightedMeanAggregator
 from secagg.fl.compression import CompressedAggregator, make_compressor
-from secagg.fl.core import ClientData, FedConfig, run_federated
+from secagg.fl.core import FedConfig, run_federated
+from secagg.reporting import mean_std, write_text
 
 SPECS = [("none (float32)", "none"), ("8-bit", "q8"), ("4-bit", "q4"), ("top-1%", "top1%"), ("top-1% + 8-bit", "top1%+q8")]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def fmt(v: np.ndarray, digits: int = 3) -> str:
-    return f"{v.mean():.{digits}f}" + (f"±{v.std():.{digits}f}" if len(v) > 1 else "")
+    return mean_std(v, f".{digits}f")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -76,9 +66,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     bar = tqdm(total=len(SPECS) * len(args.seeds), desc="compression", unit="run")
     for seed in args.seeds:
         data = prepare(ds, seed=seed)
-        idx = np.random.default_rng(seed).permutation(len(data.y_train))[: args.train_rows]
-        X, y = data.X_train[idx], data.y_train[idx]
-        clients = [ClientData(i, X[p], y[p]) for i, p in enumerate(partition(y, args.clients, "iid", seed=seed))]
+        clients, _ = iid_clients(data, args.clients, args.train_rows, seed)
         factory = (lambda seed=seed: make_detector(args.detector, ds.n_features, seed=seed))
         cfg = FedConfig(rounds=args.rounds, local_epochs=1, batch_size=batch, lr=lr, seed=seed, eval_every=args.rounds)
         for label, spec in SPECS:
@@ -110,9 +98,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"seeds {args.seeds}. Upload bytes are the serialized payload lengths per client per round recorded by "
         f"the FedAvg core (identical every round for a fixed compressor); total = all clients, all rounds. "
         f"Stochastic rounding for quantization; per-client error feedback for top-k.",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} ({os.cpu_count()} CPUs "
-        f"shared), {elapsed:.0f} s, Python {sys.version.split()[0]}, torch {torch.__version__}"
-        + (" (--quick)" if args.quick else "") + ".",
+        measured_line(elapsed, args.quick),
         "",
         "| upload compression | bytes / client / round | reduction | total upload (MB) | F1 | FPR | ROC-AUC |"
         + (" download bytes / client / round |" if args.download else ""),
@@ -127,7 +113,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         lines.append(line)
     lines += ["", "Payload formats: docs/robustness.md#compression and secagg/fl/compression.py.", ""]
     text = "\n".join(lines)
-    write_atomic(args.out, text)
+    write_text(text, args.out)
     print(text)
     return 0
 

@@ -34,10 +34,7 @@ Usage: ``python benchmarks/robustness_table.py [--quick] [--seeds 0 1 2] [--roun
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -47,27 +44,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from secagg.detect import load_dataset, make_detector, partition, prepare
+from _common import iid_clients, measured_line
+from secagg.detect import load_dataset, make_detector, prepare
 from secagg.errors import ConfigError
 from secagg.fl.aggregator import WeightedMeanAggregator
 from secagg.fl.attacks import GaussianNoise, Scaling, SignFlip, attack_as_benign, choose_malicious, label_flip, poison_clients
-from secagg.fl.core import ClientData, FedConfig, run_federated
+from secagg.fl.core import FedConfig, run_federated
 from secagg.fl.robust import Bulyan, CoordinateMedian, Krum, MultiKrum, NormBounding, TrimmedMean
 from secagg.fl.trust import RootSetTrainer, TrustScoreAggregator
+from secagg.reporting import mean_std, write_text
 
 DEFENCES = ["FedAvg (no defence)", "Krum", "Multi-Krum", "Median", "Trimmed mean", "Bulyan", "Norm bounding",
             "FLTrust + reputation"]
 MLP_ATTACKS = ["sign flip", "scaling (model replacement)", "Gaussian noise", "label flip"]
 AE_ATTACKS = ["attack traffic labelled benign"]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 class Setup:
@@ -77,12 +67,7 @@ class Setup:
         ds = load_dataset("cicids2017")
         self.n_features = ds.n_features
         data = prepare(ds, seed=seed)
-        rng = np.random.default_rng(seed)
-        idx = rng.permutation(len(data.y_train))
-        root_idx, train_idx = idx[:root_rows], idx[root_rows:root_rows + train_rows]
-        X, y = data.X_train[train_idx], data.y_train[train_idx]
-        parts = partition(y, n_clients, "iid", seed=seed)
-        self.clients = [ClientData(i, X[p], y[p]) for i, p in enumerate(parts)]
+        self.clients, root_idx = iid_clients(data, n_clients, train_rows, seed, root_rows=root_rows)
         self.X_root, self.y_root = data.X_train[root_idx], data.y_train[root_idx]
         self.data = data
         self.seed = seed
@@ -208,8 +193,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return "n/a"
         out = []
         for key in (("f1", "fpr", "auc") if auc else ("f1", "fpr")):
-            v = np.array([r[key] for r in rs])
-            out.append(f"{v.mean():.3f}" + (f"±{v.std():.3f}" if len(v) > 1 else ""))
+            out.append(mean_std([r[key] for r in rs]))
         return " / ".join(out)
 
     lines = ["# Robustness of defences against poisoning (CICIDS2017, real data)", ""]
@@ -219,9 +203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"f = share of malicious clients; defences tolerate f_def = max(1, #malicious). "
         f"Cells: test F1 / FPR (mean±std over seeds). `n/a`: the rule cannot tolerate f_def with n clients "
         f"(Bulyan needs n >= 4f+3) and the API refuses it with ConfigError.",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} "
-        f"({os.cpu_count()} CPUs shared), {elapsed:.0f} s, Python {sys.version.split()[0]}, torch {torch.__version__}"
-        + (" (--quick)" if args.quick else "") + ".",
+        measured_line(elapsed, args.quick),
         "",
     ]
     for det, attacks in sections:
@@ -242,7 +224,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               "Gaussian noise = N(0, 0.5^2) per coordinate instead of the update; label flip = all local labels "
               "flipped; attack traffic labelled benign = the AE clients train on their attack rows as benign.", ""]
     text = "\n".join(lines)
-    write_atomic(args.out, text)
+    write_text(text, args.out)
     print(text)
     return 0
 
