@@ -20,8 +20,6 @@ Usage: ``python benchmarks/dp_curve.py [--quick] [--seeds 0 1 2] [--eps 0.5 1 2 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from _common import measured_line
 from secagg.detect import load_dataset, make_detector, partition, prepare
 from secagg.dp.calibrate import calibrate_noise_multiplier
 from secagg.dp.discrete import DistributedDPConfig
@@ -38,22 +37,13 @@ from secagg.dp.ledger import PrivacyBudget, PrivacyLedger
 from secagg.fl.aggregator import WeightedMeanAggregator
 from secagg.fl.core import ClientData, FedConfig, run_federated
 from secagg.fl.dp_aggregators import CentralDPAggregator, DistributedDPAggregator
+from secagg.reporting import mean_std, save_figure, write_text
 
 DELTA = 1e-5
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def fmt(v, d=3) -> str:
-    v = np.asarray(v, dtype=float)
-    return f"{v.mean():.{d}f}" + (f"±{v.std():.{d}f}" if len(v) > 1 else "")
+    return mean_std(v, f".{d}f")
 
 
 def main(argv=None) -> int:
@@ -127,9 +117,7 @@ def main(argv=None) -> int:
         f"'spent' is the epsilon recorded in the run's privacy ledger (dpa-rdp)."
         + (f" ddp+secagg: distributed discrete Gaussian (each client adds N_Z noise, min_survivors = {args.clients}) "
            "through real SecAgg (32-bit ring)." if "ddp+secagg" in args.modes else ""),
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} ({os.cpu_count()} CPUs "
-        f"shared), {elapsed:.0f} s, Python {sys.version.split()[0]}, torch {torch.__version__}"
-        + (" (--quick)" if args.quick else "") + ".",
+        measured_line(elapsed, args.quick),
         "",
         "| target epsilon | mechanism | z | spent epsilon | F1 | ROC-AUC | s / run |",
         "|---|---|---|---|---|---|---|",
@@ -140,7 +128,7 @@ def main(argv=None) -> int:
                      f"{fmt(d['f1'])} | {fmt(d['auc'])} | {np.mean(d['seconds']):.1f} |")
     lines += ["", f"Plot: {args.out.with_suffix('.png')}. Mechanisms and accounting: docs/dp.md.", ""]
     text = "\n".join(lines)
-    write_atomic(args.out, text.encode())
+    write_text(text, args.out)
 
     import matplotlib
 
@@ -165,12 +153,7 @@ def main(argv=None) -> int:
         ax.legend()
     fig.suptitle(f"Federated AE on CICIDS2017: {args.clients} clients, {args.rounds} rounds, seeds {args.seeds}")
     fig.tight_layout()
-    png = args.out.with_suffix(".png")
-    fd, tmp = tempfile.mkstemp(dir=png.parent, prefix=png.name, suffix=".tmp.png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, png)
+    save_figure(fig, args.out.with_suffix(".png"), dpi=120)
     print(text)
     return 0
 
