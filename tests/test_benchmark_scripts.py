@@ -1,4 +1,5 @@
-"""Smoke tests of the result scripts (benchmarks/table1.py, comm_vs_clients.py, dp_clients_curve.py).
+"""Smoke tests of the result scripts (benchmarks/table1.py, comm_vs_clients.py, dp_clients_curve.py)
+and unit tests of their shared helpers (benchmarks/_common.py).
 
 Each script runs in a subprocess in its ``--quick`` mode, writing into a temp dir; the test
 checks that the Markdown table has every expected row and column, that the numbers are
@@ -10,13 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _common  # noqa: E402  (benchmarks/ is not a package)
 
 
 def run_script(name: str, *args: str, cwd: Path) -> str:
@@ -75,6 +82,8 @@ def test_table1_quick_has_every_row_and_column(tmp_path):
     assert runs["ckks"]["upload_bytes"] > plain  # ciphertext expansion
     assert runs["secagg+"]["metrics"]["f1"] == pytest.approx(runs["fedavg"]["metrics"]["f1"], abs=0.05)
     assert data["machine"]["cores"] >= 1 and "torch" in data["libraries"]
+    assert data["machine_line"] in md and data["args"]["out"] == str(out)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in out.parent.iterdir())  # readable, not mkstemp's 0600
 
 
 def test_comm_vs_clients_quick_has_every_scheme(tmp_path):
@@ -83,6 +92,7 @@ def test_comm_vs_clients_quick_has_every_scheme(tmp_path):
     md = out.read_text()
     assert sorted(p.name for p in out.parent.iterdir()) == ["comm.json", "comm.md", "comm.png"]
     assert (out.with_suffix(".png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Machine: " in md and "load average" in md and "tenseal" in md
     rows = table_rows(md, "scheme")
     schemes = {r[0].split(" (")[0] for r in rows}
     assert schemes == {"plaintext", "SecAgg", "SecAgg+", "CKKS", "packed Paillier"}
@@ -116,3 +126,36 @@ def test_dp_clients_curve_quick_certifies_each_target(tmp_path):
     # more epsilon -> less noise
     central = sorted((r["epsilon_target"], r["noise_multiplier"]) for r in runs if r["mechanism"] == "central")
     assert central[0][1] > central[1][1]
+
+
+def test_iid_clients_root_rows_disjoint_and_deterministic():
+    y = np.arange(100) % 2
+    data = SimpleNamespace(X_train=np.arange(200, dtype=np.float32).reshape(100, 2), y_train=y)
+    clients, root = _common.iid_clients(data, 4, 40, seed=3, root_rows=10)
+    assert [c.client_id for c in clients] == [0, 1, 2, 3] and [len(c.y) for c in clients] == [10, 10, 10, 10]
+    rows = np.concatenate([c.X[:, 0] / 2 for c in clients]).astype(int)
+    assert len(set(rows)) == 40 and not set(rows) & set(root.tolist()) and len(root) == 10
+    again, root2 = _common.iid_clients(data, 4, 40, seed=3, root_rows=10)
+    assert np.array_equal(root, root2) and all(np.array_equal(a.X, b.X) for a, b in zip(clients, again))
+    no_root, empty = _common.iid_clients(data, 4, 40, seed=3)  # without a root set: the first 40 permuted rows
+    assert len(empty) == 0 and set(np.concatenate([c.X[:, 0] / 2 for c in no_root]).astype(int)) == set(
+        np.random.default_rng(3).permutation(100)[:40].tolist())
+
+
+def test_run_tasks_in_process_runs_every_task_and_args_dict_is_json():
+    class Bar:
+        def __init__(self):
+            self.n, self.post = 0, []
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix_str(self, s):
+            self.post.append(s)
+
+    bar = Bar()
+    out = _common.run_tasks(lambda t: {"sq": t["x"] ** 2}, [{"x": i} for i in range(4)], 1, bar,
+                            describe=lambda t: f"x={t['x']}")
+    assert out == [{"sq": 0}, {"sq": 1}, {"sq": 4}, {"sq": 9}] and bar.n == 4 and bar.post[-1] == "x=3"
+    args = SimpleNamespace(out=Path("results/x.md"), seeds=[0, 1], quick=True)
+    assert json.loads(json.dumps(_common.args_dict(args))) == {"out": "results/x.md", "seeds": [0, 1], "quick": True}
