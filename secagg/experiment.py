@@ -6,15 +6,13 @@ training rows only), partition the training rows across simulated clients, train
 detector with the FedAvg core (:mod:`secagg.fl.core`) behind the chosen aggregator,
 calibrate the threshold on validation data and report test metrics and bytes.
 
-Results are plain dicts (JSON-serialisable) written atomically by :func:`write_json`.
+Results are plain dicts (JSON-serialisable); write them with :func:`secagg.reporting.write_json`.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -23,7 +21,7 @@ import torch
 from secagg.errors import ConfigError
 from secagg.fl.core import ClientData, FedConfig, run_federated, train_centralized
 from secagg.fl.registry import make_aggregator
-from secagg.reporting import machine_info, write_json, write_text  # noqa: F401  (re-exported)
+from secagg.reporting import machine_info
 
 
 @dataclass(frozen=True)
