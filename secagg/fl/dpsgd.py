@@ -135,6 +135,8 @@ def train_dpsgd(model: nn.Module, data, *, noise_multiplier: float, max_grad_nor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         eps = float(engine.get_epsilon(delta))
-    sample_rate = float(popt.expected_batch_size / len(loader.dataset)) if hasattr(popt, "expected_batch_size") \
-        else 1.0 / len(ploader)
+    # Report the sampling rate Opacus itself accounted (1 / batches per epoch, not
+    # batch_size / n), so that DPSGDResult.event() re-accounts to the same epsilon.
+    rates = {float(q) for _, q, _ in getattr(engine.accountant, "history", [])}
+    sample_rate = rates.pop() if len(rates) == 1 else 1.0 / len(ploader)
     return DPSGDResult(eps, delta, steps, sample_rate, float(noise_multiplier), float(max_grad_norm), accountant, losses)
