@@ -435,3 +435,15 @@ def test_dp_requires_a_ledger_and_valid_parameters(tmp_path):
     build_workflow(FlowerAppConfig(dp=True, dp_ledger_path=str(tmp_path / "l3")))
     with pytest.raises(ConfigError, match="budget"):
         build_workflow(FlowerAppConfig(dp=True, dp_epsilon=3.0, dp_ledger_path=str(tmp_path / "l3")))
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_secaggplus_with_automatic_parameters_on_very_few_nodes(n):
+    """Two or three nodes admit no sparse graph: SecAgg+ runs on the complete graph with a
+    valid automatic threshold (t <= n) instead of failing in SessionConfig."""
+    wf = SecAggWorkflow(plus=True, stage_timeout_s=0.5)
+    cfg = wf.session_config(n, 0, 10)
+    assert cfg.degree is None and n // 2 < cfg.threshold <= n
+    nodes = list(range(1001, 1001 + n))
+    res = wf(grid_for(n), nodes, train_content(), 0)
+    assert res.included == tuple(nodes)

@@ -226,8 +226,8 @@ class SecAggWorkflow(RoundWorkflow):
         if self.plus:
             if self.degree:
                 degree = self.degree
-            else:
-                p = derive_params(max(n, 3), self.dropout_rate, self.corruption_rate)
+            elif n >= 3:  # fewer nodes: no sparse graph exists; complete graph, default threshold below
+                p = derive_params(n, self.dropout_rate, self.corruption_rate)
                 degree = p.session_degree  # None: no sparse graph meets the bounds (small n; often t = n)
                 t = t or p.threshold
             if degree is not None and degree >= n - 1:
