@@ -28,6 +28,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--fraction", dest="client_fraction", type=float, default=1.0, help="fraction of clients sampled per round")
+    p.add_argument("--sampling", dest="client_sampling", default="fixed", choices=["fixed", "poisson"],
+                   help="fixed: ceil(fraction*N) clients per round; poisson: each client with probability fraction")
     p.add_argument("--dropout", type=float, default=0.0, help="probability a sampled client fails in a round")
     p.add_argument("--min-clients", type=int, default=1)
     p.add_argument("--partition", default="iid", choices=["iid", "natural", "dirichlet"])

@@ -42,6 +42,7 @@ class ExperimentConfig:
     batch_size: int = 64
     lr: float = 1e-3
     client_fraction: float = 1.0
+    client_sampling: str = "fixed"
     dropout: float = 0.0
     min_clients: int = 1
     partition: str = "iid"
@@ -59,7 +60,8 @@ class ExperimentConfig:
 
     def fed_config(self) -> FedConfig:
         return FedConfig(
-            rounds=self.rounds, client_fraction=self.client_fraction, local_epochs=self.local_epochs,
+            rounds=self.rounds, client_fraction=self.client_fraction, client_sampling=self.client_sampling,
+            local_epochs=self.local_epochs,
             batch_size=self.batch_size, lr=self.lr, prox_mu=self.prox_mu, dropout=self.dropout,
             min_clients=self.min_clients, seed=self.seed, threshold_percentile=self.threshold_percentile,
         )

@@ -262,3 +262,22 @@ def test_skip_failed_rounds_records_failure_and_keeps_training():
     assert 0 < len(failed) < 6, failed
     assert all("min_clients=3" in res.rounds[i].failed and res.rounds[i].upload_bytes == {} for i in failed)
     assert not np.array_equal(res.final_params, flatten(TinyRegressor().module))  # successful rounds applied
+
+
+def test_poisson_client_sampling_includes_each_client_with_probability_q():
+    clients = make_clients([5] * 50)
+    server = FederatedServer(lambda: TinyRegressor(), clients, WeightedMeanAggregator(),
+                             FedConfig(rounds=1, client_fraction=0.2, client_sampling="poisson", seed=0))
+    counts = np.zeros(50)
+    sizes = []
+    for _ in range(400):
+        s = server.sample_clients()
+        sizes.append(len(s))
+        counts[[c.client_id for c in s]] += 1
+    assert len(set(sizes)) > 5  # the round size varies (binomial), unlike fixed-size sampling
+    assert abs(np.mean(sizes) - 10) < 0.6  # E = q N = 10; std of the mean over 400 rounds ~0.14
+    assert np.all(np.abs(counts / 400 - 0.2) < 0.1)
+    fixed = FederatedServer(lambda: TinyRegressor(), clients, WeightedMeanAggregator(), FedConfig(rounds=1, client_fraction=0.2))
+    assert {len(fixed.sample_clients()) for _ in range(20)} == {10}
+    with pytest.raises(ConfigError, match="client_sampling"):
+        FedConfig(client_sampling="uniform")

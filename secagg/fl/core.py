@@ -3,7 +3,11 @@
 Each round (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks
 from Decentralized Data"; FedProx: Li et al. 2020):
 
-1. the server samples ``ceil(client_fraction * N)`` clients (at least ``min_clients``);
+1. the server samples clients: ``client_sampling="fixed"`` takes ``ceil(client_fraction * N)``
+   distinct clients (at least ``min_clients``); ``"poisson"`` includes each client
+   independently with probability ``client_fraction`` (the sampling that DP accountants
+   assume for add/remove neighbours, e.g. ``CentralDPAggregator(sampling="poisson",
+   sampling_rate=client_fraction)``; a round may then sample fewer than ``min_clients``);
 2. it broadcasts the global parameters (a serialized float32 vector, counted as bytes
    downloaded by every sampled client);
 3. each sampled client fails independently with probability ``dropout`` (simulated
@@ -61,6 +65,7 @@ class FedConfig:
     threshold_percentile: float = 95.0
     eval_every: int = 1
     skip_failed_rounds: bool = False
+    client_sampling: str = "fixed"
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -78,6 +83,8 @@ class FedConfig:
         need(math.isfinite(self.server_lr) and self.server_lr > 0, f"server_lr must be > 0, got {self.server_lr}")
         need(0.0 < self.threshold_percentile < 100.0, f"threshold_percentile must be in (0, 100), got {self.threshold_percentile}")
         need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        need(self.client_sampling in ("fixed", "poisson"),
+             f"client_sampling must be 'fixed' or 'poisson', got {self.client_sampling!r}")
 
 
 @dataclass
@@ -197,8 +204,11 @@ class FederatedServer:
     # -- one round -------------------------------------------------------------------
     def sample_clients(self) -> list[ClientData]:
         n = len(self.clients)
-        m = max(self.config.min_clients, math.ceil(self.config.client_fraction * n))
-        idx = np.sort(self.rng.choice(n, size=min(m, n), replace=False))
+        if self.config.client_sampling == "poisson":
+            idx = np.flatnonzero(self.rng.random(n) < self.config.client_fraction)
+        else:
+            m = max(self.config.min_clients, math.ceil(self.config.client_fraction * n))
+            idx = np.sort(self.rng.choice(n, size=min(m, n), replace=False))
         return [self.clients[i] for i in idx]
 
     def local_update(self, client: ClientData, round_index: int) -> tuple[ClientUpdate, float]:
