@@ -22,8 +22,9 @@ fsynced before the aggregate is returned.
 Threat model: central -- honest server that must not leak the model beyond (eps, delta);
 distributed -- honest-but-curious server seeing only the SecAgg sum, clients add their own
 noise. Sampling: the ledger records the ``sampling_rate`` you pass; the FedAvg core's
-``ceil(client_fraction * N)`` sampling is *fixed-size* sampling, which is accounted exactly
-with ``sampling='fixed_size'``, ``population=N`` and a ledger in ``replace_one`` mode.
+default ``ceil(client_fraction * N)`` sampling is *fixed-size* sampling, which is accounted exactly
+with ``sampling='fixed_size'``, ``population=N`` and a ledger in ``replace_one`` mode; with
+``FedConfig(client_sampling='poisson')`` record ``sampling='poisson'``, ``sampling_rate=client_fraction``.
 Costs: central O(n L); distributed O(n D log D) client work plus the SecAgg round.
 """
 
