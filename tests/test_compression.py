@@ -258,3 +258,38 @@ def test_end_to_end_byte_accounting_in_fedavg_loop():
         f1[spec] = res.final_metrics["f1"]
     assert f1["none"] > 0.6
     assert abs(f1["q8"] - f1["none"]) < 0.05  # 8-bit stochastic quantization barely changes the model
+
+
+def test_core_counts_no_full_broadcast_for_clients_holding_the_model_after_compressed_download():
+    """Round 2: a client included in round 1 received the compressed aggregate, so it needs only
+    the new compressed aggregate, not the full model again; a client new to round 2 needs both."""
+    import torch
+
+    from secagg.fl.core import ClientData, FedConfig, FederatedServer
+
+    class Lin:
+        supervised = True
+
+        def __init__(self):
+            torch.manual_seed(0)
+            self.module = torch.nn.Linear(4, 1)
+
+        def train_epochs(self, X, y, **kw):
+            with torch.no_grad():
+                for p in self.module.parameters():
+                    p.add_(0.01)
+            return 0.0
+
+    rng = np.random.default_rng(0)
+    clients = [ClientData(i, rng.normal(size=(5, 4)), np.zeros(5)) for i in range(6)]
+    agg = CompressedAggregator(WeightedMeanAggregator(), UniformQuantizer(8), download_compressor=UniformQuantizer(8))
+    server = FederatedServer(Lin, clients, agg, FedConfig(rounds=2, client_fraction=0.5, seed=3))
+    full = 16 + 4 * 5  # serialized float32 model: header + 5 parameters
+    r1 = server.run_round(0)
+    comp = int(r1.aggregator_metrics["compressed_download_bytes"])
+    assert all(r1.download_bytes[c] == full + comp for c in r1.included)
+    r2 = server.run_round(1)
+    for c in r2.sampled:
+        expected = (0 if c in r1.included else full) + (comp if c in r2.included else 0)
+        assert r2.download_bytes[c] == expected, (c, r1.included, r2.download_bytes)
+    assert set(r2.sampled) & set(r1.included) and set(r2.sampled) - set(r1.included)  # both cases exercised

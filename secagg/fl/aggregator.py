@@ -19,7 +19,8 @@ Contract for implementers
   aggregator may exclude suspected attackers).
 * ``upload_bytes`` / ``download_bytes`` count, per client, the serialized bytes that
   client actually sent to / received from the server *during aggregation* (the global
-  model broadcast is counted by the core, not here).
+  model broadcast is counted by the core, not here; set ``delivers_model`` when the
+  download already gives the included clients the new model).
 * If it cannot produce an aggregate (too few clients, protocol abort), it raises an
   exception and must not have changed any state that a retry depends on.
 * ``needs_individual_updates`` is True for aggregators that must see each update in the
@@ -88,6 +89,10 @@ class AggregateResult:
     upload_bytes: dict[int, int] = field(default_factory=dict)
     download_bytes: dict[int, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    # True when what each included client downloaded (``download_bytes``) lets it rebuild the
+    # new global model itself (e.g. a compressed aggregate it adds to the model it trained
+    # from); the core then skips the full-model broadcast to those clients next round.
+    delivers_model: bool = False
 
 
 def check_updates(updates: Sequence[ClientUpdate]) -> int:

@@ -299,7 +299,9 @@ class CompressedAggregator(Aggregator):
 
     ``download_compressor``: the server also compresses the aggregate it returns (with its
     own error-feedback residual); ``download_bytes`` then adds that payload's length for each
-    client and the core applies the decoded (lossy) aggregate.
+    included client, the core applies the decoded (lossy) aggregate, and since an included
+    client can rebuild the new model from it (``delivers_model``), the core does not count a
+    full-model broadcast to that client in the next round.
 
     With an ``inner`` that hides individual updates (secure aggregation / HE) the decoded
     updates are what the clients would mask/encrypt; the wire bytes are that protocol's own
@@ -377,4 +379,5 @@ class CompressedAggregator(Aggregator):
         self.residuals.update(new_res)
         self.server_residual = server_res
         return AggregateResult(delta=delta, included=res.included, upload_bytes=upload,
-                               download_bytes=download, metrics=metrics)
+                               download_bytes=download, metrics=metrics,
+                               delivers_model=self.download_compressor is not None or res.delivers_model)

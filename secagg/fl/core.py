@@ -9,7 +9,8 @@ from Decentralized Data"; FedProx: Li et al. 2020):
    assume for add/remove neighbours, e.g. ``CentralDPAggregator(sampling="poisson",
    sampling_rate=client_fraction)``; a round may then sample fewer than ``min_clients``);
 2. it broadcasts the global parameters (a serialized float32 vector, counted as bytes
-   downloaded by every sampled client);
+   downloaded by every sampled client, except clients that the last round's aggregator
+   already gave the means to rebuild the model, see ``AggregateResult.delivers_model``);
 3. each sampled client fails independently with probability ``dropout`` (simulated
    after the download, during local training);
 4. each survivor trains ``local_epochs`` epochs from the global parameters, with the
@@ -199,6 +200,7 @@ class FederatedServer:
         unflatten(self.worker.module, self.global_params)
         self.rng = np.random.default_rng(config.seed)
         self.history: list[RoundRecord] = []
+        self.synced: set[int] = set()  # clients that already hold the current global model
         self.supervised = bool(getattr(self.global_detector, "supervised", False))
 
     # -- one round -------------------------------------------------------------------
@@ -250,7 +252,9 @@ class FederatedServer:
             raise DataError(f"round {round_index}: aggregator returned an aggregate of wrong shape or non-finite values")
         self.global_params = new_params
         unflatten(self.global_detector.module, new_params)
-        download = {c.client_id: broadcast + int(res.download_bytes.get(c.client_id, 0)) for c in sampled}
+        download = {c.client_id: (0 if c.client_id in self.synced else broadcast) + int(res.download_bytes.get(c.client_id, 0))
+                    for c in sampled}
+        self.synced = set(res.included) if res.delivers_model else set()
         rec = RoundRecord(
             round=round_index,
             sampled=[c.client_id for c in sampled],
