@@ -281,3 +281,39 @@ def test_poisson_client_sampling_includes_each_client_with_probability_q():
     assert {len(fixed.sample_clients()) for _ in range(20)} == {10}
     with pytest.raises(ConfigError, match="client_sampling"):
         FedConfig(client_sampling="uniform")
+
+
+def test_checkpoint_resume_continues_after_the_last_completed_round(tmp_path):
+    from secagg.fl.core import load_checkpoint
+
+    clients = make_clients([10, 20, 30])
+    ck = tmp_path / "ckpt.bin"
+    full = run_federated(lambda: TinyRegressor(), clients, WeightedMeanAggregator(), FedConfig(rounds=5, lr=0.1),
+                         X_val=clients[0].X, y_val=clients[0].y)
+    first = run_federated(lambda: TinyRegressor(), clients, WeightedMeanAggregator(), FedConfig(rounds=3, lr=0.1),
+                          X_val=clients[0].X, y_val=clients[0].y, checkpoint=ck)
+    assert load_checkpoint(ck)[0] == 2
+    seen = []
+    resumed = run_federated(lambda: TinyRegressor(), clients, WeightedMeanAggregator(), FedConfig(rounds=5, lr=0.1),
+                            X_val=clients[0].X, y_val=clients[0].y, checkpoint=ck, round_callback=lambda r: seen.append(r.round))
+    assert seen == [3, 4]
+    # full participation and deterministic local training: resuming gives the uninterrupted result
+    np.testing.assert_allclose(resumed.final_params, full.final_params, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(first.final_params, full.final_params)
+    assert load_checkpoint(ck)[0] == 4
+
+
+def test_start_round_skips_rounds_a_ledger_already_recorded_and_bad_checkpoints_are_named(tmp_path):
+    clients = make_clients([10, 10])
+    seen = []
+    run_federated(lambda: TinyRegressor(), clients, WeightedMeanAggregator(), FedConfig(rounds=4),
+                  X_val=clients[0].X, y_val=clients[0].y, start_round=3, round_callback=lambda r: seen.append(r.round))
+    assert seen == [3]
+    with pytest.raises(ConfigError, match="start_round"):
+        run_federated(lambda: TinyRegressor(), clients, WeightedMeanAggregator(), FedConfig(rounds=4),
+                      X_val=clients[0].X, y_val=clients[0].y, start_round=5)
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"nonsense")
+    with pytest.raises(DataError, match="bad.bin"):
+        run_federated(lambda: TinyRegressor(), clients, WeightedMeanAggregator(), FedConfig(rounds=4),
+                      X_val=clients[0].X, y_val=clients[0].y, checkpoint=bad)

@@ -36,6 +36,7 @@ simulation randomness from seeded numpy/torch generators, never key material.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -43,7 +44,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from secagg.errors import ConfigError, DataError, NotEnoughClientsError
-from secagg.fl.aggregator import AggregateResult, Aggregator, ClientUpdate, serialize_vector
+from secagg.fl.aggregator import AggregateResult, Aggregator, ClientUpdate, deserialize_vector, serialize_vector
 from secagg.fl.params import flatten, to_tensors, unflatten
 
 UpdateHook = Callable[[int, np.ndarray, int], np.ndarray]
@@ -269,6 +270,11 @@ class FederatedServer:
         self.history.append(rec)
         return rec
 
+    def set_global(self, params: np.ndarray) -> None:
+        """Replace the global model (e.g. from a checkpoint); DataError if it does not fit."""
+        unflatten(self.global_detector.module, params)  # validates length and finiteness first
+        self.global_params = np.asarray(params, dtype=np.float32).copy()
+
     def evaluate(self, X_val, y_val, X_test, y_test) -> dict[str, float]:
         """Calibrate the global detector's threshold on validation data and score the test set."""
         self.global_detector.calibrate(X_val, y_val, percentile=self.config.threshold_percentile)
@@ -288,24 +294,43 @@ def run_federated(
     update_hook: Optional[UpdateHook] = None,
     progress: bool = False,
     round_callback: Optional[Callable[[RoundRecord], None]] = None,
+    checkpoint: Optional[str | os.PathLike] = None,
+    start_round: int = 0,
 ) -> FederatedResult:
-    """Train ``config.rounds`` rounds of FedAvg/FedProx and return the history.
+    """Train rounds ``start_round .. config.rounds - 1`` of FedAvg/FedProx; return the history.
 
     ``detector_factory()`` must return a fresh detector (see :mod:`secagg.detect.models`)
     with the same architecture and initial weights each call (same seed).
     Metrics are computed on ``(X_test, y_test)`` (default: the validation set) every
     ``eval_every`` rounds and after the last round.
+
+    Resuming a killed run: with ``checkpoint=PATH`` the global model and the index of the
+    last completed round are written atomically after every successful round, and a run
+    that finds the file continues after that round from that model. With a privacy ledger,
+    also pass ``start_round=ledger.next_round_index``: a round the ledger recorded (its
+    privacy is spent) but whose model update was lost in the crash is then not re-run
+    under the same index; training continues with the next one.
+    The client sampling and dropout generator is re-seeded with ``(seed, first round)``.
     """
     if X_test is None:
         X_test, y_test = X_val, y_val
     server = FederatedServer(detector_factory, clients, aggregator, config, update_hook=update_hook)
+    first = int(start_round)
+    if checkpoint is not None and os.path.exists(checkpoint):
+        done, params = load_checkpoint(checkpoint)
+        server.set_global(params)
+        first = max(first, done + 1)
+    if not 0 <= first <= config.rounds:
+        raise ConfigError(f"start_round={first} outside 0..rounds={config.rounds}")
+    if first:
+        server.rng = np.random.default_rng([config.seed, first])
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.rounds, desc=f"FedAvg[{aggregator.name}]", unit="round")
+        bar = tqdm(total=config.rounds, initial=first, desc=f"FedAvg[{aggregator.name}]", unit="round")
     try:
-        for r in range(config.rounds):
+        for r in range(first, config.rounds):
             try:
                 rec = server.run_round(r)
             except NotEnoughClientsError as e:
@@ -313,6 +338,8 @@ def run_federated(
                     raise
                 rec = RoundRecord(r, [], [], [], {}, {}, float("nan"), 0.0, failed=str(e))
                 server.history.append(rec)
+            if checkpoint is not None and not rec.failed:
+                save_checkpoint(checkpoint, r, server.global_params)
             if (r + 1) % config.eval_every == 0 or r == config.rounds - 1:
                 rec.metrics = server.evaluate(X_val, y_val, X_test, y_test)
             if round_callback is not None:
@@ -325,6 +352,29 @@ def run_federated(
         if bar is not None:
             bar.close()
     return FederatedResult(server.history, server.global_params.copy(), server.global_detector, config)
+
+
+_CKPT_MAGIC = b"SGCK1"
+
+
+def save_checkpoint(path: str | os.PathLike, round_index: int, params: np.ndarray) -> None:
+    """Write ``(last completed round, global params)`` atomically: magic, round (8 bytes), vector."""
+    from secagg.reporting import write_bytes
+
+    write_bytes(_CKPT_MAGIC + int(round_index).to_bytes(8, "little", signed=True) + serialize_vector(params), path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[int, np.ndarray]:
+    """Read a checkpoint written by :func:`save_checkpoint`; DataError naming the file if malformed."""
+    blob = open(path, "rb").read()
+    if not blob.startswith(_CKPT_MAGIC) or len(blob) < len(_CKPT_MAGIC) + 8:
+        raise DataError(f"{path}: not a secagg checkpoint (bad magic or truncated)")
+    r = int.from_bytes(blob[len(_CKPT_MAGIC):len(_CKPT_MAGIC) + 8], "little", signed=True)
+    try:
+        params = deserialize_vector(blob[len(_CKPT_MAGIC) + 8:])
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+    return r, params
 
 
 def train_centralized(
