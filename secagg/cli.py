@@ -39,6 +39,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percentile", dest="threshold_percentile", type=float, default=95.0,
                    help="AE threshold: percentile of benign validation scores")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dedup", action="store_true",
+                   help="drop repeated feature vectors before splitting (no test row copies a training row)")
     p.add_argument("--centralized", action="store_true", help="train the same model on pooled data (baseline)")
     p.add_argument("--out", default="runs/results.json", help="results JSON (written atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

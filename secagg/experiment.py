@@ -53,6 +53,7 @@ class ExperimentConfig:
     aggregator_options: dict = field(default_factory=dict)
     threshold_percentile: float = 95.0
     centralized: bool = False
+    dedup: bool = False
 
     def __post_init__(self) -> None:
         if self.clients < 1:
@@ -72,7 +73,7 @@ def prepare_experiment(cfg: ExperimentConfig):
     from secagg.detect import load_dataset, partition, prepare
 
     ds = load_dataset(cfg.dataset, cfg.data_path)
-    data = prepare(ds, seed=cfg.seed)
+    data = prepare(ds, seed=cfg.seed, dedup=cfg.dedup)
     parts = partition(data.y_train, cfg.clients, cfg.partition, alpha=cfg.alpha, groups=data.groups_train, seed=cfg.seed)
     clients = [ClientData(i, data.X_train[idx], data.y_train[idx]) for i, idx in enumerate(parts)]
     return ds, data, clients
@@ -91,7 +92,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str,
     factory = detector_factory(cfg.model, ds.n_features, cfg.seed)
     out: dict[str, Any] = {
         "config": asdict(cfg),
-        "data": {"name": ds.name, "rows": ds.n_samples, "features": ds.n_features, "label_counts": ds.label_counts(),
+        "data": {"name": ds.name, "rows": ds.n_samples, "duplicates_dropped": data.duplicates_dropped, "features": ds.n_features, "label_counts": ds.label_counts(),
                  "train_rows": int(len(data.y_train)), "test_rows": int(len(data.y_test)),
                  "client_sizes": [int(len(c.y)) for c in clients]},
         "machine": machine_info(),

@@ -136,3 +136,23 @@ def test_partition_errors() -> None:
         partition(y, 6)
     with pytest.raises(ConfigError, match="alpha"):
         partition(y, 2, "dirichlet", alpha=0.0)
+
+
+def test_dedup_removes_every_test_row_that_copies_a_training_row():
+    from secagg.detect import load_dataset
+    from secagg.detect.preprocess import duplicate_rows, prepare
+
+    ds = load_dataset("iot23")
+    plain = prepare(ds, seed=0)
+    dedup = prepare(ds, seed=0, dedup=True)
+
+    def copies(p):
+        train = {r.tobytes() for r in p.X_train}
+        return sum(r.tobytes() in train for r in p.X_test)
+
+    assert copies(plain) > 0.5 * len(plain.y_test)  # measured: ~80 % of IoT-23 test rows repeat a training row
+    assert copies(dedup) == 0
+    assert dedup.duplicates_dropped == int(duplicate_rows(ds.X).sum()) == ds.n_samples - (
+        len(dedup.y_train) + len(dedup.y_val) + len(dedup.y_test))
+    X = np.array([[1, 2], [3, 4], [1, 2], [1, 2]], dtype=np.float32)
+    assert duplicate_rows(X).tolist() == [False, False, True, True]
