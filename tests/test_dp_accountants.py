@@ -109,9 +109,14 @@ def test_compress_merges_identical_rounds_without_changing_epsilon():
 
 def test_fixed_size_sampling_replace_one():
     ev = SampledGaussianEvent(1.5, 0.1, 50, Sampling.FIXED_SIZE, population=100)
+    assert ev.sample_size == 10
+    # replace-one: the sum of clipped updates has L2 sensitivity 2C, so the engine gets z / 2
     d = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-    d.compose(dp_accounting.SampledWithoutReplacementDpEvent(100, 10, dp_accounting.GaussianDpEvent(1.5)), 50)
+    d.compose(dp_accounting.SampledWithoutReplacementDpEvent(100, 10, dp_accounting.GaussianDpEvent(0.75)), 50)
     assert get_accountant("dpa-rdp").epsilon([ev], DELTA, "replace_one") == pytest.approx(d.get_epsilon(DELTA), rel=1e-9)
+    undoubled = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    undoubled.compose(dp_accounting.SampledWithoutReplacementDpEvent(100, 10, dp_accounting.GaussianDpEvent(1.5)), 50)
+    assert get_accountant("dpa-rdp").epsilon([ev], DELTA, "replace_one") > 1.5 * undoubled.get_epsilon(DELTA)
     with pytest.raises(UnsupportedHistoryError, match="replace-one"):
         get_accountant("dpa-rdp").epsilon([ev], DELTA, "add_remove")
     with pytest.raises(UnsupportedHistoryError, match="Poisson"):
@@ -122,6 +127,45 @@ def test_fixed_size_sampling_replace_one():
     e1 = get_accountant("dpa-rdp").epsilon([SampledGaussianEvent(2.0, 1.0, 3)], DELTA, "replace_one")
     e2 = get_accountant("dpa-rdp").epsilon([SampledGaussianEvent(1.0, 1.0, 3)], DELTA, "add_remove")
     assert e1 == pytest.approx(e2, rel=1e-12)
+
+
+def test_fixed_size_full_sample_equals_full_participation_and_is_monotone_in_q():
+    # all 10 of 10 clients every round is the same mechanism as Poisson with q = 1
+    pois = SampledGaussianEvent(2.0, 1.0, 50)
+    full = SampledGaussianEvent(2.0, 1.0, 50, Sampling.FIXED_SIZE, population=10)
+    assert full.sample_size == 10
+    for name in ("dpa-rdp", "dpa-pld"):
+        a = get_accountant(name)
+        if a.unsupported_reason([full], "replace_one") is not None:
+            continue
+        assert a.epsilon([full], DELTA, "replace_one") == pytest.approx(a.epsilon([pois], DELTA, "replace_one"), rel=1e-3)
+    a = get_accountant("dpa-rdp")
+    assert a.epsilon([full], DELTA, "replace_one") == pytest.approx(a.epsilon([pois], DELTA, "replace_one"), rel=1e-9)
+    # more clients per round can only cost more, and never more than all clients (the engine's
+    # without-replacement bound alone exceeds the full-participation one at 6..9 of 10)
+    eps = [a.epsilon([SampledGaussianEvent(2.0, m / 10, 50, Sampling.FIXED_SIZE, 10)], DELTA, "replace_one")
+           for m in range(1, 11)]
+    assert all(x <= y * (1 + 1e-12) for x, y in zip(eps, eps[1:])), eps
+    assert eps[0] < eps[4] < eps[9] and max(eps) == pytest.approx(eps[9], rel=1e-12)
+    # heterogeneous history: the per-event minimum composes
+    two = [SampledGaussianEvent(2.0, 0.9, 5, Sampling.FIXED_SIZE, 10), SampledGaussianEvent(2.0, 0.1, 5, Sampling.FIXED_SIZE, 10)]
+    assert a.epsilon(two, DELTA, "replace_one") <= a.epsilon([SampledGaussianEvent(2.0, 1.0, 10)], DELTA, "replace_one")
+
+
+def test_fixed_size_sample_size_is_explicit_and_validated():
+    # the core draws ceil(q N) clients: 0.25 * 10 -> 3 (not round(2.5) = 2); float noise 0.3 * 10 -> 3
+    assert SampledGaussianEvent(1.0, 0.25, 1, Sampling.FIXED_SIZE, 10).sample_size == 3
+    assert SampledGaussianEvent(1.0, 0.3, 1, Sampling.FIXED_SIZE, 10).sample_size == 3
+    ev = SampledGaussianEvent(1.0, 0.1, 1, Sampling.FIXED_SIZE, 10, sample_size=3)  # min_clients = 3
+    assert ev.sample_size == 3 and event_from_dict(ev.to_dict()) == ev
+    d = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    d.compose(dp_accounting.SampledWithoutReplacementDpEvent(10, 3, dp_accounting.GaussianDpEvent(0.5)), 1)
+    assert get_accountant("dpa-rdp").epsilon([ev], DELTA, "replace_one") == pytest.approx(d.get_epsilon(DELTA), rel=1e-9)
+    for bad in (0, 11, 2.5, True):
+        with pytest.raises(ConfigError, match="sample_size"):
+            SampledGaussianEvent(1.0, 0.1, 1, Sampling.FIXED_SIZE, 10, sample_size=bad)
+    with pytest.raises(ConfigError, match="sample_size"):
+        SampledGaussianEvent(1.0, 0.1, 1, Sampling.POISSON, sample_size=3)
 
 
 def test_distributed_discrete_gaussian_event():

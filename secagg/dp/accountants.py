@@ -257,6 +257,21 @@ class DpaRdp(_DpaAccountant):
     def _make(self, relation):
         return dpa_rdp.RdpAccountant(neighboring_relation=relation)
 
+    def _epsilon(self, events, delta, neighbouring):
+        if not any(isinstance(e, SampledGaussianEvent) and e.sampling is Sampling.FIXED_SIZE for e in events):
+            return super()._epsilon(events, delta, neighbouring)
+        # Fixed-size sampling: the Wang-Balle-Kasiviswanathan bound dp-accounting implements is
+        # looser than the unsampled Gaussian for samples close to the population (measured: 9 of
+        # 10 clients, z=2, 50 rounds -> 64 vs 57 for all 10). Subsampling never costs more than
+        # full participation (Renyi divergence is jointly quasi-convex), so each event's RDP is
+        # the per-order minimum of both engine curves; the sum is converted like dp-accounting does.
+        total = np.zeros(len(RDP_ORDERS))
+        for e in events:
+            acc = dpa_rdp.RdpAccountant(orders=list(RDP_ORDERS), neighboring_relation=NeighboringRelation.REPLACE_ONE)
+            acc.compose(e.to_dp_event(neighbouring))
+            total += np.minimum(np.asarray(acc._rdp, dtype=np.float64), participant_rdp(e, neighbouring))
+        return rdp_to_epsilon(total, delta)
+
 
 class DpaPld(_DpaAccountant):
     name = "dpa-pld"

@@ -14,7 +14,7 @@ Units
   the L2 sensitivity of one client's contribution (the clip norm), dimensionless.
 * ``sampling_rate`` q in (0, 1]: probability that a given client takes part in the round
   (Poisson sampling) or ``sample_size / population`` (fixed-size sampling without
-  replacement).
+  replacement; there the integer ``sample_size`` is what is accounted).
 * Distributed DP quantities are in integer (quantized) units: ``l2_sensitivity`` is the
   post-rounding bound Delta_2 on one client's integer vector, ``local_variance`` the
   variance sigma^2 of each client's discrete Gaussian noise per coordinate.
@@ -24,8 +24,9 @@ Neighbouring relation
 ``ADD_REMOVE`` (default): datasets of clients differ by adding or removing one client's
 entire data (client-level DP, McMahan et al. 2018). ``REPLACE_ONE``: one client's data is
 replaced by arbitrary other data; this doubles the L2 sensitivity of a sum of clipped
-updates and is the relation under which fixed-size (without replacement) sampling is
-analysed (Wang, Balle, Kasiviswanathan 2019).
+updates (2C instead of C, so the engines get z/2 for every sampling scheme) and is the
+relation under which fixed-size (without replacement) sampling is analysed (Wang, Balle,
+Kasiviswanathan 2019).
 
 Serialization: :meth:`RoundEvent.to_dict` / :func:`event_from_dict` round-trip through
 plain JSON types; :meth:`to_dp_event` maps to the equivalent ``dp_accounting.DpEvent``.
@@ -113,8 +114,19 @@ class SampledGaussianEvent:
     """``count`` rounds of the (sub)sampled Gaussian mechanism on a sum of clipped updates.
 
     The released value is ``sum_i clip(x_i, C) + N(0, (z*C)^2 I)`` over the sampled clients.
-    With ``sampling=FIXED_SIZE``, ``population`` (the number of clients sampled from) is
-    required and the sample size is ``round(sampling_rate * population)``.
+    With ``sampling=FIXED_SIZE``, ``population`` N (the number of clients sampled from) is
+    required and ``sample_size`` m is the exact number of clients drawn without replacement
+    (an integer in [1, N]). Pass the sample size the training loop really draws (the FedAvg
+    core draws ``max(min_clients, ceil(client_fraction * N))``); when omitted it defaults to
+    ``ceil(sampling_rate * N)`` (no ``min_clients``; ledgers written before ``sample_size``
+    existed are re-read this way, which is never below their old ``round``). For fixed-size
+    sampling the accountants use ``(N, m)`` only; ``sampling_rate`` is the configured
+    fraction, kept for the record. A round with more participants than ``sample_size`` is
+    not covered by this event (the ledger refuses to record it, the audit flags it).
+
+    Replace-one: the L2 sensitivity of the sum is ``2C``, so every engine is given ``z / 2``
+    (Poisson and fixed-size alike; dp-accounting and Opacus take the ratio of the noise std
+    to the sensitivity).
     """
 
     noise_multiplier: float
@@ -122,6 +134,7 @@ class SampledGaussianEvent:
     count: int = 1
     sampling: Sampling = Sampling.POISSON
     population: int | None = None
+    sample_size: int | None = None
     kind: str = "sampled_gaussian"
 
     def __post_init__(self) -> None:
@@ -135,16 +148,23 @@ class SampledGaussianEvent:
         if self.sampling is Sampling.FIXED_SIZE:
             if self.population is None:
                 raise ConfigError("population is required for fixed_size sampling")
-            check_count(self.population, "population")
-            if self.sample_size < 1:
-                raise ConfigError(
-                    f"sampling_rate * population must round to >= 1, got {self.sampling_rate} * {self.population}")
+            n = check_count(self.population, "population")
+            object.__setattr__(self, "population", n)
+            m = self.sample_size
+            if m is None:  # the core's ceil(q * N); the tolerance absorbs float error such as 0.3 * 10
+                m = max(1, math.ceil(self.sampling_rate * n - 1e-9))
+            m = check_count(m, "sample_size")
+            if m > n:
+                raise ConfigError(f"sample_size must be an integer in [1, population={n}], got {self.sample_size!r}")
+            object.__setattr__(self, "sample_size", m)
+        else:
+            if self.sample_size is not None:
+                raise ConfigError(f"sample_size applies to fixed_size sampling only (Poisson draws a random number "
+                                  f"of clients), got sample_size={self.sample_size!r} with sampling='poisson'")
+            if self.population is not None:
+                object.__setattr__(self, "population", check_count(self.population, "population"))
         if self.kind != "sampled_gaussian":
             raise ConfigError(f"kind must be 'sampled_gaussian', got {self.kind!r}")
-
-    @property
-    def sample_size(self) -> int:
-        return int(round(self.sampling_rate * (self.population or 0)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -153,9 +173,8 @@ class SampledGaussianEvent:
 
     def to_dp_event(self, neighbouring: Neighbouring = Neighbouring.ADD_REMOVE) -> dp_event.DpEvent:
         z = self.noise_multiplier
-        if Neighbouring(neighbouring) is Neighbouring.REPLACE_ONE and self.sampling is Sampling.POISSON \
-                and self.sampling_rate == 1.0:
-            z = z / 2.0  # replace-one doubles the L2 sensitivity of the sum
+        if Neighbouring(neighbouring) is Neighbouring.REPLACE_ONE:
+            z = z / 2.0  # replace-one doubles the L2 sensitivity of the sum (2C), for every sampling scheme
         g = dp_accounting.GaussianDpEvent(z)
         if self.sampling is Sampling.FIXED_SIZE:
             inner: dp_event.DpEvent = dp_accounting.SampledWithoutReplacementDpEvent(
