@@ -213,3 +213,66 @@ def test_cli_audit_json_and_calibrate(tmp_path, capsys):
     with pytest.raises(DataError, match="not found"):
         read_ledger(tmp_path / "missing.jsonl")
     assert main(["privacy", "audit", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_fixed_size_round_with_more_participants_than_sample_is_refused_and_flagged(tmp_path):
+    p = tmp_path / "f.jsonl"
+    led = PrivacyLedger.create(p, PrivacyBudget(50.0, DELTA), neighbouring="replace_one")
+    ev = SampledGaussianEvent(1.0, 0.1, 1, "fixed_size", population=10)  # ceil(0.1 * 10) = 1 client
+    with pytest.raises(ConfigError, match="sample_size"):
+        led.record_round(0, ev, [1, 2, 3], clip_norm=1.0, mechanism="central_gaussian")
+    led.record_round(0, SampledGaussianEvent(1.0, 0.1, 1, "fixed_size", 10, sample_size=3), [1, 2, 3],
+                     clip_norm=1.0, mechanism="central_gaussian")
+    led.record_round(1, ev, [4], clip_norm=1.0, mechanism="central_gaussian")
+    assert read_ledger(p).ok
+    assert main(["privacy", "audit", str(p), "--accountants", "dpa-rdp"]) == 0
+    # a round written past the check (e.g. by an older version): the audit flags it
+    led._append({"type": "round", "round_index": 2, "time": 0.0, "mechanism": "central_gaussian",
+                 "event": ev.to_dict(), "sampling_rate": 0.1, "noise_multiplier": 1.0, "clip_norm": 1.0,
+                 "participants": [1, 2, 3], "delta": DELTA, "extra": {}})
+    assert any("exceed the fixed sample_size 1" in x for x in read_ledger(p).problems)
+    assert main(["privacy", "audit", str(p), "--accountants", "dpa-rdp"]) == 2
+
+
+def test_guard_accountant_must_be_a_certified_upper_bound(tmp_path):
+    with pytest.raises(ConfigError, match=r"accountant must be one of .*dpa-rdp.*opacus-gdp"):
+        PrivacyLedger.create(tmp_path / "g.jsonl", PrivacyBudget(3.0, DELTA), accountant="opacus-gdp")
+    assert not (tmp_path / "g.jsonl").exists()
+    p = tmp_path / "ok.jsonl"
+    led = PrivacyLedger.create(p, PrivacyBudget(3.0, DELTA), accountant="dpa-pld")
+    led.record_round(0, SampledGaussianEvent(1.0, 0.2), [1], clip_norm=1.0, mechanism="central_gaussian")
+    with pytest.raises(ConfigError, match="opacus-gdp"):
+        PrivacyLedger.open(p, accountant="opacus-gdp")
+    for name in ("dpa-rdp", "dpa-pld", "opacus-rdp", "opacus-prv"):
+        assert PrivacyLedger.open(p, accountant=name).accountant == name
+
+
+def test_audit_fails_when_any_certified_accountant_exceeds_the_budget(tmp_path, capsys):
+    # z=1, q=0.2, 5 rounds at delta 1e-5: gdp ~2.38 < 2.6 < pld ~3.88 < rdp ~4.54
+    p = tmp_path / "o.jsonl"
+    led = PrivacyLedger.create(p, PrivacyBudget(2.6, DELTA), accountant="dpa-pld")
+    for r in range(5):
+        led.record_round(r, SampledGaussianEvent(1.0, 0.2), [1, 2], clip_norm=1.0, mechanism="central_gaussian",
+                         check_budget=False)
+    r = audit(str(p), ["opacus-gdp", "dpa-rdp"])
+    assert r["epsilon_by_accountant"]["opacus-gdp"] < 2.6 < r["epsilon_by_accountant"]["dpa-rdp"]
+    assert not r["ok"] and any("dpa-rdp" in x and "exceeds the budget" in x for x in r["problems"])
+    assert not any("opacus-gdp" in x for x in r["problems"])
+    # a ledger whose header names opacus-gdp as guard (written before the check existed) fails the audit
+    q = tmp_path / "old.jsonl"
+    lines = p.read_bytes().split(b"\n")
+    hdr = json.loads(lines[0])
+    hdr["accountant"], hdr["budget"]["epsilon"] = "opacus-gdp", 100.0
+    hdr["hash"] = entry_hash(hdr)
+    entries = [hdr]
+    for raw in lines[1:-1]:
+        e = json.loads(raw)
+        e["prev"] = entries[-1]["hash"]
+        e["hash"] = entry_hash(e)
+        entries.append(e)
+    q.write_bytes(b"".join(json.dumps(e).encode() + b"\n" for e in entries))
+    assert read_ledger(q).ok
+    r = audit(str(q), ["dpa-rdp"])
+    assert not r["ok"] and any("not a certified upper bound" in x for x in r["problems"])
+    assert r["spent_epsilon"] == pytest.approx(r["epsilon_by_accountant"]["dpa-rdp"])
+    assert main(["privacy", "audit", str(q), "--accountants", "dpa-rdp"]) == 2

@@ -5,7 +5,10 @@ verifies the hash chain and the consistency of every entry, then prints the spen
 epsilon of the recorded history by every accountant side by side, per-client
 (participation-aware) epsilon percentiles, the remaining budget and the head hash to
 anchor. Exit status: 0 = intact (a torn last line from a crash is reported, not an error),
-2 = tampered or inconsistent, over budget, or not matching ``--rounds-expected`` / ``--anchor``.
+2 = tampered or inconsistent, over budget (by the guard's accountant or by *any* certified
+upper-bound accountant in the table: dpa-rdp, dpa-pld, opacus-rdp, opacus-prv), a guard
+accountant that is not a certified upper bound (opacus-gdp), or not matching
+``--rounds-expected`` / ``--anchor``.
 
 ``secagg privacy calibrate --epsilon E --delta D --rounds T --sampling-rate Q [--accountant A]``
 prints the noise multiplier that meets (E, D) for T Poisson-sampled rounds.
@@ -24,7 +27,7 @@ from typing import Any
 from secagg.dp import accountants as acc
 from secagg.dp.calibrate import calibrate_noise_multiplier
 from secagg.dp.events import compress
-from secagg.dp.ledger import read_ledger
+from secagg.dp.ledger import CERTIFIED_ACCOUNTANTS, read_ledger
 from secagg.errors import SecaggError
 
 EXIT_OK, EXIT_BAD = 0, 2
@@ -55,6 +58,11 @@ def audit(path: str, accountants: list[str] | None = None, rounds_expected: int 
     table = acc.epsilon_table(events, budget.delta, c.neighbouring, accountants)
     report["epsilon_by_accountant"] = table
     guard = report["ledger_accountant"]
+    if guard not in CERTIFIED_ACCOUNTANTS:
+        problems.append(f"the ledger's budget guard used {guard!r}, which is not a certified upper bound (allowed: "
+                        f"{list(CERTIFIED_ACCOUNTANTS)}); spent epsilon is reported by {acc.DEFAULT_ACCOUNTANT}")
+        guard = acc.DEFAULT_ACCOUNTANT
+        report["spent_accountant"] = guard
     spent = acc.population_epsilon(events, budget.delta, c.neighbouring, guard) if events else 0.0
     report["spent_epsilon"] = spent
     report["remaining_epsilon"] = budget.epsilon - spent
@@ -63,6 +71,9 @@ def audit(path: str, accountants: list[str] | None = None, rounds_expected: int 
     report["client_epsilon_percentiles"] = acc.percentiles(per_client)
     if spent > budget.epsilon * (1 + 1e-9):
         problems.append(f"spent epsilon {spent:.6g} exceeds the budget {budget.epsilon:g}")
+    for name, v in table.items():  # any certified upper bound over budget means the guarantee is not shown
+        if name in CERTIFIED_ACCOUNTANTS and isinstance(v, float) and v > budget.epsilon * (1 + 1e-9):
+            problems.append(f"epsilon by {name} ({v:.6g}, a certified upper bound) exceeds the budget {budget.epsilon:g}")
     report["ok"] = not problems
     return report
 
@@ -84,7 +95,8 @@ def _print_report(r: dict[str, Any]) -> None:
         print("spent epsilon by accountant (same history):")
         for name, v in r["epsilon_by_accountant"].items():
             print(f"  {name:<12} {_fmt(v)}")
-        print(f"spent       {_fmt(r['spent_epsilon'])}  (by {r['ledger_accountant']}, the budget guard's accountant)")
+        by = r.get("spent_accountant", r["ledger_accountant"])
+        print(f"spent       {_fmt(r['spent_epsilon'])}  (by {by}, the budget guard's accountant)")
         print(f"remaining   {_fmt(r['remaining_epsilon'])}")
         pc = r["client_epsilon_percentiles"]
         print(f"clients     {r['clients']}  per-client epsilon " + "  ".join(f"{k}={_fmt(v)}" for k, v in pc.items()))

@@ -28,6 +28,8 @@ round was never returned to training (write-ahead), so no released output is una
 
 Budget guard: :meth:`PrivacyLedger.check_round` raises :class:`PrivacyBudgetExceeded` if
 recording the round would make the population-level epsilon exceed the configured budget.
+The guard's accountant must be a certified upper bound (:data:`CERTIFIED_ACCOUNTANTS`).
+A fixed-size round listing more participants than its event's ``sample_size`` is refused.
 Costs: append O(participants); open/verify O(file size); accounting see accountants.py.
 """
 
@@ -142,6 +144,9 @@ def _check_round(e: dict, where: str) -> list[str]:
         probs.append(f"{where}: noise_multiplier {e.get('noise_multiplier')} disagrees with its event {d['noise_multiplier']}")
     if e.get("sampling_rate") != d["sampling_rate"]:
         probs.append(f"{where}: sampling_rate {e.get('sampling_rate')} disagrees with its event {d['sampling_rate']}")
+    if d.get("sample_size") is not None and isinstance(parts, list) and len(parts) > d["sample_size"]:
+        probs.append(f"{where}: {len(parts)} participants exceed the fixed sample_size {d['sample_size']} the round "
+                     f"is accounted with (record the sample size the training loop really draws)")
     if "survivors" in d and isinstance(parts, list) and d["survivors"] != len(parts):
         probs.append(f"{where}: event says {d['survivors']} noise-adding survivors but {len(parts)} participants listed")
     cn = e.get("clip_norm")
@@ -238,14 +243,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: Accountants whose epsilon is a certified upper bound; only these may guard a budget.
+#: (``opacus-gdp`` is a central-limit approximation that can underestimate epsilon.)
+CERTIFIED_ACCOUNTANTS: tuple[str, ...] = ("dpa-rdp", "dpa-pld", "opacus-rdp", "opacus-prv")
+
+
+def check_guard_accountant(name: str, param: str = "accountant") -> str:
+    """Validate the budget guard's accountant: a certified upper bound, else :class:`ConfigError`."""
+    if name not in CERTIFIED_ACCOUNTANTS:
+        acc.get_accountant(name)  # an unknown name gets the registry's message
+        raise ConfigError(f"{param} must be one of {list(CERTIFIED_ACCOUNTANTS)} (certified upper bounds) for a "
+                          f"ledger / budget guard, got {name!r}, which is not a certified upper bound (opacus-gdp is a "
+                          f"central-limit approximation that can underestimate epsilon); use it only for side-by-side reports")
+    return name
+
+
 class PrivacyLedger:
     """Writer for one run's ledger. Use :meth:`create` for a new run, :meth:`open` to resume."""
 
     def __init__(self, contents: LedgerContents, accountant: str) -> None:
         self._c = contents
         self.path = contents.path
-        self.accountant = accountant
-        acc.get_accountant(accountant)  # validates the name
+        self.accountant = check_guard_accountant(accountant)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -256,7 +275,7 @@ class PrivacyLedger:
         p = Path(path)
         if not isinstance(budget, PrivacyBudget):
             raise ConfigError(f"budget must be a PrivacyBudget, got {type(budget).__name__}")
-        acc.get_accountant(accountant)
+        check_guard_accountant(accountant)
         try:
             nb = Neighbouring(neighbouring)
         except ValueError:
@@ -389,4 +408,4 @@ class PrivacyLedger:
 
 
 __all__ = ["PrivacyLedger", "PrivacyBudget", "PrivacyBudgetExceeded", "LedgerIntegrityError", "read_ledger",
-           "LedgerContents", "entry_hash"]
+           "LedgerContents", "entry_hash", "CERTIFIED_ACCOUNTANTS", "check_guard_accountant"]
