@@ -37,7 +37,7 @@ def test_central_dp_noise_clipping_and_ledger(tmp_path):
     rng = np.random.default_rng(0)
     ups = _updates(5, 0.05, rng)  # norm ~ 7 > C = 1: all clipped
     led = PrivacyLedger.create(tmp_path / "c.jsonl", PrivacyBudget(20.0, 1e-5))
-    agg = CentralDPAggregator(noise_multiplier=1.5, clip_norm=1.0, sampling_rate=0.5, ledger=led)
+    agg = CentralDPAggregator(noise_multiplier=1.5, clip_norm=1.0, sampling_rate=0.5, expected_weight=5.0, ledger=led)
     res = agg.aggregate(ups, round_index=0)
     clipped = np.mean([clip_l2(u.delta, 1.0)[0] for u in ups], axis=0)
     err = res.delta - clipped
@@ -96,6 +96,48 @@ def test_adaptive_clipping_tracks_quantile_and_accounts_count_noise(tmp_path):
     assert e["noise_multiplier"] == 1.0 and e["extra"]["update_noise_multiplier"] == pytest.approx(z_upd)
     with pytest.raises(ConfigError, match="count_noise_std"):
         CentralDPOptions(noise_multiplier=4.0, clip_norm=1.0, adaptive=AdaptiveClipping(count_noise_std=1.0))
+
+
+def test_fixed_size_round_larger_than_recorded_sample_is_refused(tmp_path):
+    led = PrivacyLedger.create(tmp_path / "f.jsonl", PrivacyBudget(50.0, 1e-5), neighbouring="replace_one")
+    ups = [ClientUpdate(i, np.full(8, 0.1, np.float32), 5) for i in range(3)]
+    # FedConfig(client_fraction=0.1, min_clients=3) over 10 clients draws 3, not ceil(0.1 * 10) = 1
+    agg = CentralDPAggregator(noise_multiplier=1.0, clip_norm=1.0, sampling_rate=0.1, sampling="fixed_size",
+                              population=10, ledger=led)
+    with pytest.raises(ConfigError, match=r"3 updates .*sample_size=1"):
+        agg.aggregate(ups, round_index=0)
+    assert read_ledger(tmp_path / "f.jsonl").rounds == []  # nothing recorded, nothing released
+    agg = CentralDPAggregator(noise_multiplier=1.0, clip_norm=1.0, sampling_rate=0.1, sampling="fixed_size",
+                              population=10, sample_size=3, ledger=led)
+    res = agg.aggregate(ups, round_index=0)
+    e = read_ledger(tmp_path / "f.jsonl").rounds[0]
+    assert e["event"]["sample_size"] == 3 and e["participants"] == [0, 1, 2]
+    assert res.metrics["dp_epsilon"] == pytest.approx(led.spent_epsilon())
+    agg.aggregate(ups[:2], round_index=1)  # a dropout leaves fewer than the sample: allowed
+    with pytest.raises(ConfigError, match="sample_size"):
+        CentralDPOptions(noise_multiplier=1.0, clip_norm=1.0, sampling="fixed_size", population=10, sample_size=11)
+
+
+def test_adaptive_clipping_with_local_noise_is_refused():
+    with pytest.raises(ConfigError, match=r"adaptive clipping requires mode='central'.*count_noise_std"):
+        CentralDPOptions(noise_multiplier=1.0, clip_norm=1.0, mode="local", local_noise_split=1,
+                         adaptive=AdaptiveClipping(count_noise_std=1.0))
+    CentralDPOptions(noise_multiplier=1.0, clip_norm=1.0, mode="central", adaptive=AdaptiveClipping(count_noise_std=1.0))
+
+
+def test_poisson_subsampling_requires_expected_weight():
+    ups = [ClientUpdate(i, np.full(4, 0.5, np.float32), 5) for i in range(2)]
+    with pytest.raises(ConfigError, match=r"expected_weight is required.*sampling_rate \* population"):
+        CentralDPAggregator(noise_multiplier=1e-9, clip_norm=10.0, sampling_rate=0.2)
+    # fixed denominator: 2 clients sampled of an expected 0.2 * 20 = 4 -> sum / 4
+    agg = CentralDPAggregator(noise_multiplier=1e-9, clip_norm=10.0, sampling_rate=0.2, expected_weight=4.0)
+    np.testing.assert_allclose(agg.aggregate(ups, round_index=0).delta, 0.25, rtol=1e-6)
+    # documented non-private opt-out: realized weight
+    agg = CentralDPAggregator(noise_multiplier=1e-9, clip_norm=10.0, sampling_rate=0.2, allow_nonprivate_denominator=True)
+    np.testing.assert_allclose(agg.aggregate(ups, round_index=0).delta, 0.5, rtol=1e-6)
+    # q = 1 and fixed-size sampling keep the realized denominator
+    CentralDPOptions(noise_multiplier=1.0, clip_norm=1.0, sampling_rate=1.0)
+    CentralDPOptions(noise_multiplier=1.0, clip_norm=1.0, sampling_rate=0.2, sampling="fixed_size", population=10)
 
 
 @pytest.mark.parametrize("kw,param", [

@@ -79,7 +79,10 @@ class AdaptiveClipping:
     The centred count has sensitivity 1/2, so releasing it together with the update sum
     costs the same as one Gaussian release with noise multiplier z if the update noise uses
     ``z_update = (z^-2 - (2 count_noise_std)^-2)^(-1/2)`` (their Thm. 1);
-    requires ``count_noise_std > z / 2``.
+    requires ``count_noise_std > z / 2``. The theorem needs both noises added once to the
+    released sums; with per-client (``local``) update noise the sum's noise grows with the
+    number of clients while the count noise does not, so :class:`CentralDPAggregator`
+    accepts adaptive clipping in central mode only.
     """
 
     target_quantile: float = 0.5

@@ -22,9 +22,12 @@ fsynced before the aggregate is returned.
 Threat model: central -- honest server that must not leak the model beyond (eps, delta);
 distributed -- honest-but-curious server seeing only the SecAgg sum, clients add their own
 noise. Sampling: the ledger records the ``sampling_rate`` you pass; the FedAvg core's
-default ``ceil(client_fraction * N)`` sampling is *fixed-size* sampling, which is accounted exactly
-with ``sampling='fixed_size'``, ``population=N`` and a ledger in ``replace_one`` mode; with
-``FedConfig(client_sampling='poisson')`` record ``sampling='poisson'``, ``sampling_rate=client_fraction``.
+default ``max(min_clients, ceil(client_fraction * N))`` sampling is *fixed-size* sampling, which is
+accounted with ``sampling='fixed_size'``, ``population=N``, ``sample_size=`` that number and a
+ledger in ``replace_one`` mode (more updates than ``sample_size`` in a round raise ConfigError);
+with ``FedConfig(client_sampling='poisson')`` record ``sampling='poisson'``,
+``sampling_rate=client_fraction`` and ``expected_weight=client_fraction * N`` (uniform weights).
+``mode='local'`` entries assume the server sees only the sum of the noisy updates.
 Costs: central O(n L); distributed O(n D log D) client work plus the SecAgg round.
 """
 
@@ -56,10 +59,21 @@ class CentralDPOptions:
     sampling_rate: q recorded for accounting (Poisson probability, or sample/population).
     sampling: 'poisson' or 'fixed_size' (then ``population`` is required).
     weighting: 'uniform' (w=1) or 'capped' (w = min(1, num_examples / weight_cap)).
-    expected_weight: denominator of the mean; None = the round's actual total weight
-      (not itself private: pass q * sum of all clients' weights for the strict estimator).
-    mode: 'central' or 'local'; local_noise_split: k (see secagg.dp.mechanisms).
-    adaptive: AdaptiveClipping or None.
+    expected_weight: denominator of the mean; None = the round's actual total weight.
+      Required with ``sampling='poisson'`` and ``sampling_rate < 1``: there the realized
+      total weight reveals how many clients were sampled, which add/remove DP must hide; pass
+      q * (sum of all clients' weights), e.g. ``sampling_rate * population`` with uniform weights.
+    mode: 'central' or 'local'; local_noise_split: k (see secagg.dp.mechanisms). With 'local'
+      the ledger records the noise of the *sum* of the clients' noisy updates, which assumes
+      the server (and anyone else) sees only that sum (e.g. behind secure aggregation); a
+      server seeing individual noisy updates gets far weaker per-client protection.
+    adaptive: AdaptiveClipping or None (central mode only, see ``__post_init__``).
+    sample_size: for ``sampling='fixed_size'``, the exact number of clients drawn per round
+      (the FedAvg core draws ``max(min_clients, ceil(client_fraction * N))``); default
+      ``ceil(sampling_rate * population)``. A round with more updates raises ConfigError.
+    allow_nonprivate_denominator: opt-out of the ``expected_weight`` requirement above. The
+      mean then divides by the realized total weight, which is NOT covered by the ledger's
+      (epsilon, delta): use it only for experiments.
     """
 
     noise_multiplier: float
@@ -73,13 +87,26 @@ class CentralDPOptions:
     mode: str = "central"
     local_noise_split: int = 1
     adaptive: AdaptiveClipping | None = None
+    sample_size: int | None = None
+    allow_nonprivate_denominator: bool = False
 
     def __post_init__(self) -> None:
         check_noise_multiplier(self.noise_multiplier)
         if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
             raise ConfigError(f"clip_norm must be finite and > 0, got {self.clip_norm!r}")
         check_sampling_rate(self.sampling_rate)
-        SampledGaussianEvent(self.noise_multiplier, self.sampling_rate, 1, self.sampling, self.population)
+        SampledGaussianEvent(self.noise_multiplier, self.sampling_rate, 1, self.sampling, self.population,
+                             self.sample_size)
+        if not isinstance(self.allow_nonprivate_denominator, bool):
+            raise ConfigError(f"allow_nonprivate_denominator must be a bool, got {self.allow_nonprivate_denominator!r}")
+        if (self.sampling == "poisson" and self.sampling_rate < 1.0 and self.expected_weight is None
+                and not self.allow_nonprivate_denominator):
+            raise ConfigError(
+                f"expected_weight is required with sampling='poisson' and sampling_rate={self.sampling_rate:g} < 1: "
+                "dividing by the realized total weight reveals how many clients were sampled, which add/remove DP "
+                "must hide. Pass expected_weight=sampling_rate * (total weight of all clients), e.g. "
+                "sampling_rate * population with weighting='uniform' (or allow_nonprivate_denominator=True for "
+                "experiments that the ledger's epsilon does not cover)")
         if self.weighting not in ("uniform", "capped"):
             raise ConfigError(f"weighting must be 'uniform' or 'capped', got {self.weighting!r}")
         if self.weighting == "capped" and not (self.weight_cap and self.weight_cap > 0):
@@ -92,6 +119,15 @@ class CentralDPOptions:
         if self.adaptive is not None:
             if not isinstance(self.adaptive, AdaptiveClipping):
                 raise ConfigError("adaptive must be an AdaptiveClipping or None")
+            if self.mode == "local":
+                # Andrew et al.'s Thm. 1 splits one budget z between the update sum and the count only
+                # when both get their noise once, centrally: in local mode the sum's noise is
+                # z * sqrt(n / k) while the count noise is not scaled, so the recorded z is wrong for n != k.
+                raise ConfigError(
+                    "adaptive clipping requires mode='central': with mode='local' the update-sum noise scales "
+                    "with sqrt(n / local_noise_split) but the clipped-count noise (count_noise_std) is added once "
+                    "centrally, so the recorded noise multiplier would not bound the released (sum, count) pair; "
+                    "use mode='central' with adaptive, or a fixed clip_norm with mode='local'")
             self.adaptive.update_noise_multiplier(self.noise_multiplier)  # validates count noise vs z
 
 
@@ -111,13 +147,19 @@ class CentralDPAggregator(Aggregator):
         z = o.noise_multiplier
         if o.mode == "local":
             z = effective_local_noise_multiplier(z, n, o.local_noise_split)
-        return SampledGaussianEvent(z, o.sampling_rate, 1, o.sampling, o.population)
+        return SampledGaussianEvent(z, o.sampling_rate, 1, o.sampling, o.population, o.sample_size)
 
     def aggregate(self, updates: Sequence[ClientUpdate], *, round_index: int) -> AggregateResult:
         o = self.options
         L = check_updates(updates)
         n = len(updates)
         event = self._event(n)
+        if event.sample_size is not None and n > event.sample_size:
+            raise ConfigError(
+                f"round {round_index}: {n} updates but the fixed-size sample recorded for accounting is "
+                f"sample_size={event.sample_size} of population={event.population}; set sample_size to the number of "
+                f"clients the training loop really draws (the FedAvg core draws max(min_clients, "
+                f"ceil(client_fraction * N)))")
         if self.ledger is not None:
             eps_after = self.ledger.check_round(event)  # refuse before touching any update
         C = self.clip_norm
