@@ -19,6 +19,7 @@ from secagg.smpc import (
     VectorLengthError,
     WrongSessionError,
     decode,
+    default_threshold,
     generate_identity,
     identity_public_bytes,
     new_session_id,
@@ -33,8 +34,9 @@ L = 16
 class Round:
     """A manually stepped round so tests can intercept and alter messages."""
 
-    def __init__(self, n=5, t=3, mode="honest", session_id=None):
+    def __init__(self, n=5, t=None, mode="honest", session_id=None):
         ids = tuple(range(1, n + 1))
+        t = default_threshold(n, mode) if t is None else t  # honest 3 of 5, active 4 of 5
         self.idk = {u: generate_identity() for u in ids}
         self.cfg = SessionConfig(session_id or new_session_id(), 1, ids, t, L, mode=mode,
                                  identity_keys={u: identity_public_bytes(k) for u, k in self.idk.items()})
@@ -247,7 +249,7 @@ def test_active_client_refuses_survivor_set_other_than_signed():
 # ---------------------------------------------------------------- unmasking refusal
 @pytest.mark.parametrize("mode", ["honest", "active"])
 def test_client_refuses_request_revealing_both_secrets_and_server_sees_it(mode):
-    r = Round(n=6, t=4, mode=mode)
+    r = Round(n=6, mode=mode)  # t = 4 honest, 5 active
     r.advertise()
     r.step()
     out = r.step()

@@ -20,6 +20,7 @@ from secagg.smpc import (
     SecAggServer,
     SessionConfig,
     Stage,
+    default_threshold,
     generate_identity,
     identity_public_bytes,
     new_session_id,
@@ -99,7 +100,7 @@ def resumed_round(cfg, inputs, sched, idk, resume, checked):
 def test_export_import_at_every_stage_continues_to_the_same_sum(n, tfrac, k, mode, sparse, phases, resume_bits, L, seed):
     degree = 2 if sparse and n >= 5 else None
     m = 3 if degree else n
-    t = min(m, max(m // 2 + 1, int(np.ceil(tfrac * m))))
+    t = min(m, max(default_threshold(m, mode), int(np.ceil(tfrac * m))))  # active: 3t > 2m
     cfg, inputs, idk = make(n, t, L, k, mode, degree, seed)
     sched = DropoutSchedule(**{p: frozenset(u for u, ph in zip(cfg.client_ids, phases) if ph == p) for p in PHASES})
     checked: list[Stage] = []
@@ -121,7 +122,7 @@ def test_export_import_at_every_stage_continues_to_the_same_sum(n, tfrac, k, mod
 
 
 def test_every_client_resumed_before_every_message_active_mode_sparse_graph():
-    cfg, inputs, idk = make(7, 3, 5, mode="active", degree=4, seed=3)
+    cfg, inputs, idk = make(9, 5, 5, mode="active", degree=6, seed=3)  # m = 7, 3t > 2m
     checked: list[Stage] = []
     sched = DropoutSchedule(masked_input=frozenset({4}), unmasking=frozenset({6}))
     res, clients = resumed_round(cfg, inputs, sched, idk, lambda u, s: True, checked)
@@ -272,7 +273,7 @@ def test_resealed_random_edits_give_client_state_error_or_a_consistent_client(st
 
 
 def test_active_mode_needs_the_matching_identity_key_on_import():
-    cfg, inputs, idk = make(3, 2, 2, mode="active")
+    cfg, inputs, idk = make(3, 3, 2, mode="active")
     c = SecAggClient(cfg, 2, identity_key=idk[2])
     c.start()
     blob = c.export_state()

@@ -3,8 +3,11 @@ sparse Harary graphs (Bell et al., CCS 2020). Flat numpy vectors only; no torch.
 
 Threat models: an honest-but-curious server (``mode='honest'``) or an active server that
 may deviate (``mode='active'``: Ed25519-signed keys and survivor-set consistency check).
-The server learns only the sum mod 2**k of the surviving clients' inputs, provided fewer
-than t share holders of any client collude with it. See docs/smpc.md.
+The server learns only the sum mod 2**k of the surviving clients' inputs, provided, in
+honest mode, the server follows the protocol and fewer than t share holders of any client
+collude with it; in active mode (which requires 3t > 2m, m = closed neighbourhood size),
+at most 2t - m - 1 share holders of any client collude with the deviating server. Honest
+mode gives no guarantee against a server that deviates. See docs/smpc.md.
 
 Public API (stable)
 -------------------
@@ -12,7 +15,9 @@ Round parameters
     :class:`SessionConfig`          public parameters (ids, threshold t, vector length, ring, mode, graph)
     :func:`new_session_id`          16 random bytes
     :func:`derive_params`           SecAgg+ degree/threshold from n, dropout and corruption rates
-                                    (:class:`SecAggPlusParams` has ``explain()``)
+                                    (:class:`SecAggPlusParams` has ``explain()``; ``mode='active'`` for 3t > 2m)
+    :func:`plan_session`            (degree, t) for n clients: the one rule of the FedAvg aggregator and Flower
+    :func:`default_threshold`       SecAgg's default t: honest floor(m/2)+1, active floor(2m/3)+1
 State machines (transport-agnostic, bytes in / bytes out)
     :class:`SecAggClient`           ``start() -> bytes``, ``set_input(uint vector)``, ``handle(bytes) -> bytes``,
                                     ``export_state() -> bytes`` / ``SecAggClient.from_state(cfg, blob)`` to resume
@@ -59,7 +64,7 @@ from secagg.smpc.errors import (
     VectorLengthError,
     WrongSessionError,
 )
-from secagg.smpc.graph import SecAggPlusParams, derive_params
+from secagg.smpc.graph import SecAggPlusParams, default_threshold, derive_params, plan_session
 from secagg.smpc.keys import generate_identity, identity_public_bytes
 from secagg.smpc.messages import Stage, decode
 from secagg.smpc.server import SecAggServer, SecureSumResult
@@ -68,6 +73,8 @@ __all__ = [
     "SessionConfig",
     "new_session_id",
     "derive_params",
+    "plan_session",
+    "default_threshold",
     "SecAggPlusParams",
     "SecAggClient",
     "ClientStateError",

@@ -7,16 +7,30 @@ Transport-agnostic: :meth:`SecAggClient.start` returns the first message and
 Threat models
 -------------
 * ``honest``: the server follows the protocol but tries to learn individual inputs from
-  what it sees (honest-but-curious), possibly colluding with fewer than t clients.
+  what it sees (honest-but-curious), possibly colluding with fewer than t clients. No
+  guarantee against a server that deviates.
 * ``active``: the server may deviate (drop, reorder, forge, send inconsistent survivor
   sets). Public keys are signed with long-term Ed25519 identity keys and verified; before
   unmasking, every client signs the survivor set U3 and requires t valid signatures on the
-  same set (the consistency check).
+  same set (the consistency check). Secure for ``3t > 2m`` (m = closed neighbourhood size;
+  SessionConfig enforces it) with at most ``c <= 2t - m - 1`` colluding share holders in
+  any neighbourhood: two different signed sets need ``2t <= m + c`` signatures.
 
 Refusal rule (both modes): a client answers at most one unmasking request per round, and
 refuses (:class:`UnmaskRefusedError`, with an ABORT message for the server in
 ``exc.abort_message``) any request that names a client in both the survivor set and the
 dropped set, i.e. would reveal both the self-mask seed b_v and the mask key s_v of v.
+Restricted to its closed neighbourhood N[u] (the clients whose shares it holds), it also
+refuses a request with fewer than t survivors, with survivors or dropped clients that did
+not send it shares (outside its U2), or that leaves a member of its U2 unnamed
+(survivors ∪ dropped must equal U2 there).
+
+These checks are defence in depth only: in honest mode a *deviating* server can still send
+different, individually plausible (S, D) pairs to different clients and unmask a client
+(no client sees the others' requests). Honest mode protects against an honest-but-curious
+server only; against a deviating server use active mode, whose consistency check binds
+every client to one signed survivor set, with 3t > 2m (enforced by SessionConfig) and at
+most 2t - m - 1 colluding share holders per neighbourhood.
 
 Errors and state: on any error :meth:`handle` raises a specific ProtocolError subclass
 and leaves the state unchanged (a correct retransmission is still accepted), except for
@@ -582,6 +596,22 @@ class SecAggClient:
         unknown = (S | D) - set(cfg.client_ids)
         if unknown:
             self._refuse(f"request names unknown clients {sorted(unknown)[:5]}")
+        # Defence in depth (Bonawitz et al. Fig. 4, round 4 checks), on my closed neighbourhood
+        # (the only clients whose shares I hold): a protocol-following server's request has
+        # S ∩ N[u] + D ∩ N[u] == U2 (everyone who sent me shares, me included), |S ∩ N[u]| >= t.
+        # NOT sufficient in honest mode against a deviating server (it can still send
+        # different consistent-looking sets to different clients); that needs active mode.
+        closed = cfg.neighbours(u) | {u}
+        S_loc, D_loc = S & closed, D & closed
+        if len(S_loc) < cfg.threshold:
+            self._refuse(f"only {len(S_loc)} survivors in my neighbourhood < threshold t={cfg.threshold}")
+        if not S_loc <= self._U2:
+            self._refuse(f"survivors {sorted(S_loc - self._U2)[:10]} did not send me shares (not in my U2)")
+        if not D_loc <= self._U2 - S:
+            self._refuse(f"dropped clients {sorted(D_loc - self._U2)[:10]} did not send me shares (not in my U2)")
+        if S_loc | D_loc != self._U2:
+            self._refuse(f"clients {sorted(self._U2 - S_loc - D_loc)[:10]} sent me shares but are named neither "
+                         "survivor nor dropped")
         if cfg.mode == "active":
             if tuple(sorted(S)) != self._signed_u3:
                 self._refuse("survivor set differs from the one I signed in the consistency check")

@@ -5,10 +5,20 @@ key derivation, AAD and signature), the client ids, the threshold, the vector sh
 ring, the threat model and the communication graph. In active mode it also carries the
 clients' long-term Ed25519 identity public keys (the PKI the active model assumes).
 
-Validation: ``threshold`` must satisfy ``m/2 < t <= m`` where m is the smallest closed
-neighbourhood (n for plain SecAgg, degree+1 for SecAgg+). ``t > m/2`` is what makes an
-honest client's refusal rule sufficient: an honest holder reveals at most one of the two
-secrets of any client, so the server needs > m honest-or-corrupt holders to learn both.
+Validation: ``threshold`` must satisfy ``m/2 < t <= m`` where m is the closed
+neighbourhood size (n for plain SecAgg, degree+1 for SecAgg+). ``t > m/2`` is what makes an
+honest client's refusal rule sufficient against an honest-but-curious server: an honest
+holder reveals at most one of the two secrets of any client, so the server needs > m
+honest-or-corrupt holders to learn both.
+
+Active mode additionally requires ``3t > 2m``, i.e. ``t >= floor(2m/3) + 1`` (Bonawitz et
+al. 2017, Sec. 6 / Thm. 6.3). The consistency check makes every honest client sign one
+survivor set; a deviating server that wants two different sets (one to collect b_v, one
+to collect s_v) signed by t clients each needs ``2t <= (m - c) + 2c = m + c`` signatures
+from the m holders, c of them colluding clients that sign both. So active mode
+tolerates at most ``c <= 2t - m - 1`` colluding share holders per neighbourhood (and no
+colluders at all when ``2t = m + 1``); ``t > m/2`` is NOT enough in active
+mode: with ``t`` close to ``m/2`` the server recovers an input without any colluder.
 """
 
 from __future__ import annotations
@@ -36,7 +46,8 @@ class SessionConfig:
     """Public round parameters. See the module docstring.
 
     client_ids: distinct ints in [1, 2**32) (they are the Shamir x-coordinates).
-    threshold: Shamir threshold t (per closed neighbourhood in SecAgg+).
+    threshold: Shamir threshold t (per closed neighbourhood in SecAgg+); m/2 < t <= m, and
+        3t > 2m in active mode (m = :attr:`neighbourhood_size`).
     vector_length: L, elements per input vector.
     modulus_bits: k, inputs and masks live in Z_{2^k} (8..64).
     mode: 'honest' (honest-but-curious server) or 'active' (signatures + consistency check).
@@ -77,6 +88,12 @@ class SessionConfig:
         if not (isinstance(self.threshold, int) and m / 2 < self.threshold <= m):
             raise ConfigError(
                 f"threshold must be an int with {m}/2 < t <= {m} (closed neighbourhood size), got {self.threshold!r}"
+            )
+        if self.mode == "active" and not 3 * self.threshold > 2 * m:
+            raise ConfigError(
+                f"active mode needs 3t > 2m, i.e. t >= floor(2m/3)+1 = {2 * m // 3 + 1} for neighbourhood size m={m} "
+                f"(Bonawitz et al.'s bound; otherwise the server alone can obtain two survivor sets with t "
+                f"consistency signatures each and unmask a client), got t={self.threshold}"
             )
         if self.mode == "active":
             missing = [u for u in ids if len(self.identity_keys.get(u, b"")) != 32]

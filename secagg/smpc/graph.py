@@ -42,6 +42,20 @@ Pass :attr:`SecAggPlusParams.session_degree` (not ``degree``) to
 :class:`~secagg.smpc.SessionConfig`: it is ``None`` for the complete graph, whose degree
 n-1 may be odd and is not a valid Harary degree.
 
+Threat model: ``derive_params(..., mode='honest')`` (the default) searches ``t > m/2``,
+enough against an honest-but-curious server. ``mode='active'`` searches only
+``t >= floor(2m/3) + 1`` (``3t > 2m``, Bonawitz et al.'s bound, which
+:class:`~secagg.smpc.SessionConfig` enforces in active mode): with ``t`` near ``m/2`` a
+deviating server needs no colluder at all to get two survivor sets signed by t clients
+each. In active mode the tolerated colluding share holders per neighbourhood are
+``c <= 2t - m - 1`` (the same count as the double-reveal bound above).
+
+Choosing (degree, t) for a round: :func:`plan_session` is the one rule every caller uses
+(the FedAvg :class:`~secagg.fl.secure_aggregators.SecAggAggregator` and the Flower
+workflow): sparse graph -> the derived t; complete-graph fallback (or plain SecAgg) ->
+:func:`default_threshold` (honest ``floor(n/2)+1``, active ``floor(2n/3)+1``), unless the
+caller sets t.
+
 Costs: building the graph is O(n k) time and memory; derivation is O(k^2) binomial tails.
 scipy.stats (about 0.5-2 s to import) is imported inside :func:`derive_params` only, so
 importing :mod:`secagg.smpc` (e.g. in every Flower ClientApp process) does not pay for it.
@@ -60,7 +74,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from secagg.errors import ConfigError
 from secagg.smpc import prg
 
-__all__ = ["harary_graph", "complete_graph", "SecAggPlusParams", "derive_params"]
+__all__ = ["harary_graph", "complete_graph", "SecAggPlusParams", "derive_params", "default_threshold", "plan_session"]
 
 
 def complete_graph(ids: Sequence[int]) -> dict[int, frozenset[int]]:
@@ -106,6 +120,7 @@ class SecAggPlusParams:
     log2_correctness_failure: float
     log2_double_reveal: float
     log2_isolation: float
+    mode: str = "honest"
 
     @property
     def complete(self) -> bool:
@@ -142,14 +157,19 @@ class SecAggPlusParams:
             return f"{v:.1f} <= -{bound}" if v <= -bound else f"{v:.1f} > -{bound} (NOT met: too few clients for this bound)"
 
         return (
-            f"SecAgg+ parameters for n={self.n} clients, dropout rate delta={self.dropout_rate:g}, "
+            f"SecAgg+ parameters for n={self.n} clients ({self.mode} mode), dropout rate delta={self.dropout_rate:g}, "
             f"corruption rate gamma={self.corruption_rate:g}, security sigma={self.sigma}, correctness eta={self.eta}:\n"
             f"  graph: {kind}; each client has k={self.degree} neighbours, secrets shared t-of-{m} "
             f"(t={self.threshold}) over its closed neighbourhood\n"
             f"  correctness: log2(n * P[Bin({m}, 1-delta) < {self.threshold}]) = {ok(self.log2_correctness_failure, self.eta)}\n"
             f"  no double reveal: log2(n * P[Bin({m}, gamma) >= 2t-{m}={2 * self.threshold - m}]) = {ok(self.log2_double_reveal, self.sigma)}\n"
             f"  no isolated honest client: log2(n * (delta+gamma)^k) = {ok(self.log2_isolation, self.sigma)}\n"
-            f"  cost per client: {self.degree} key agreements x2, {self.degree} share ciphertexts, {self.degree + 1} mask expansions"
+            + (f"  active mode: t={self.threshold} >= floor(2m/3)+1={2 * m // 3 + 1} (3t > 2m, Bonawitz's bound); "
+               f"tolerates c <= 2t-m-1 = {2 * self.threshold - m - 1} colluding share holders per neighbourhood\n"
+               if self.mode == "active" else
+               "  honest mode: t > m/2 protects against an honest-but-curious server only; "
+               "an active (deviating) server needs derive_params(..., mode='active') (3t > 2m)\n")
+            + f"  cost per client: {self.degree} key agreements x2, {self.degree} share ciphertexts, {self.degree + 1} mask expansions"
             + ("" if self.tolerated_dropouts else
                f"\n  WARNING: t = {self.threshold} = the whole neighbourhood: any dropout aborts the round")
         )
@@ -159,8 +179,13 @@ def _log2_n(n: int, logp: float) -> float:
     return math.log2(n) + logp / math.log(2) if logp > -math.inf else -math.inf
 
 
-def derive_params(n: int, dropout_rate: float = 0.05, corruption_rate: float = 0.05, sigma: int = 40, eta: int = 20) -> SecAggPlusParams:
+def derive_params(n: int, dropout_rate: float = 0.05, corruption_rate: float = 0.05, sigma: int = 40, eta: int = 20,
+                  mode: str = "honest") -> SecAggPlusParams:
     """Smallest even degree k and a threshold t meeting the bounds in the module docstring.
+
+    ``mode='active'`` searches only thresholds with ``3t > 2m`` (m = k+1), so the result is
+    valid for an active-mode :class:`~secagg.smpc.SessionConfig` (also with
+    ``corruption_rate=0``, where honest mode would pick t = floor(m/2)+1).
 
     For small n the result is the complete graph, often with t = n (no dropout tolerated;
     see :attr:`SecAggPlusParams.tolerated_dropouts`); use :attr:`SecAggPlusParams.session_degree`
@@ -174,6 +199,8 @@ def derive_params(n: int, dropout_rate: float = 0.05, corruption_rate: float = 0
         raise ConfigError(f"dropout_rate must be in [0, 0.5), got {dropout_rate!r}")
     if not (0 <= corruption_rate < 0.5) or dropout_rate + corruption_rate >= 0.5:
         raise ConfigError(f"corruption_rate must be in [0, 0.5) with dropout_rate + corruption_rate < 0.5, got {corruption_rate!r}")
+    if mode not in ("honest", "active"):
+        raise ConfigError(f"mode must be 'honest' or 'active', got {mode!r}")
     if not (isinstance(sigma, int) and 1 <= sigma <= 128 and isinstance(eta, int) and 1 <= eta <= 128):
         raise ConfigError(f"sigma and eta must be ints in [1, 128], got sigma={sigma!r}, eta={eta!r}")
 
@@ -186,21 +213,77 @@ def derive_params(n: int, dropout_rate: float = 0.05, corruption_rate: float = 0
         iso = math.log2(n) + k * math.log2(bad) if bad > 0 else -math.inf
         return corr, dbl, iso
 
+    def t_min(m: int) -> int:
+        return default_threshold(m, mode)
+
     k = 2
     while k < n - 1:
         m = k + 1
-        for t in range(m // 2 + 1, m + 1):
+        for t in range(t_min(m), m + 1):
             corr, dbl, iso = tails(k, t)
             if dbl <= -sigma and iso <= -sigma:
                 if corr <= -eta:
-                    return SecAggPlusParams(n, k, t, dropout_rate, corruption_rate, sigma, eta, corr, dbl, iso)
+                    return SecAggPlusParams(n, k, t, dropout_rate, corruption_rate, sigma, eta, corr, dbl, iso, mode)
                 break  # larger t only hurts correctness
         k += 2
     # complete graph: plain SecAgg with the smallest t that is secure
     k = n - 1
     m = n
-    t = m // 2 + 1
+    t = t_min(m)
     while t < m and tails(k, t)[1] > -sigma:
         t += 1
     corr, dbl, iso = tails(k, t)
-    return SecAggPlusParams(n, k, t, dropout_rate, corruption_rate, sigma, eta, corr, dbl, iso)
+    return SecAggPlusParams(n, k, t, dropout_rate, corruption_rate, sigma, eta, corr, dbl, iso, mode)
+
+
+def default_threshold(m: int, mode: str = "honest") -> int:
+    """SecAgg's default threshold for closed-neighbourhood size m: ``floor(m/2)+1`` in honest
+    mode, ``floor(2m/3)+1`` in active mode (the smallest t with 3t > 2m)."""
+    if mode not in ("honest", "active"):
+        raise ConfigError(f"mode must be 'honest' or 'active', got {mode!r}")
+    return 2 * m // 3 + 1 if mode == "active" else m // 2 + 1
+
+
+def plan_session(n: int, *, mode: str = "honest", secagg_plus: bool = False, threshold: int | None = None,
+                 degree: int | None = None, dropout_rate: float = 0.05, corruption_rate: float = 0.05,
+                 sigma: int = 40, eta: int = 20) -> tuple[int | None, int]:
+    """``(session_degree, t)`` for a round of n clients: THE rule shared by every caller.
+
+    * ``secagg_plus`` with ``degree=None``: :func:`derive_params` (in ``mode``); if it finds a
+      sparse Harary graph, that degree and (unless ``threshold`` is given) its derived t,
+      which satisfies 3t > 2m in active mode.
+    * ``secagg_plus`` with an explicit even ``degree``: that graph (None when it is complete,
+      ``degree >= n-1``), t = ``threshold`` or :func:`default_threshold` of m = degree+1.
+    * plain SecAgg, n < 3, or no sparse graph meets the bounds (complete-graph fallback):
+      ``degree=None`` and t = ``threshold`` or SecAgg's :func:`default_threshold` of n
+      (honest ``floor(n/2)+1``, active ``floor(2n/3)+1``), NOT derive_params' complete-graph
+      t (often t = n for small n, where any dropout would abort the round).
+
+    The result is checked against :class:`~secagg.smpc.SessionConfig`'s rules here
+    (ConfigError naming t, m and the bound), before any key is made.
+    """
+    if not (isinstance(n, int) and n >= 2):
+        raise ConfigError(f"n must be an int >= 2, got {n!r}")
+    if threshold is not None and not isinstance(threshold, int):
+        raise ConfigError(f"threshold must be None (default) or an int, got {threshold!r}")
+    d: int | None = None
+    t = threshold
+    if secagg_plus:
+        if degree is not None:
+            if not (isinstance(degree, int) and degree >= 2 and degree % 2 == 0):
+                raise ConfigError(f"degree must be None (derived) or an even int >= 2, got {degree!r}")
+            d = degree if degree < n - 1 else None
+        elif n >= 3:
+            p = derive_params(n, dropout_rate, corruption_rate, sigma, eta, mode=mode)
+            if not p.complete:
+                d = p.degree
+                t = threshold if threshold is not None else p.threshold
+    m = n if d is None else d + 1
+    if t is None:
+        t = default_threshold(m, mode)
+    if not m / 2 < t <= m:
+        raise ConfigError(f"threshold t={t} must satisfy m/2 < t <= m for neighbourhood size m={m}")
+    if mode == "active" and not 3 * t > 2 * m:
+        raise ConfigError(f"active mode needs 3t > 2m, i.e. t >= floor(2m/3)+1 = {2 * m // 3 + 1} for neighbourhood "
+                          f"size m={m}, got t={t}")
+    return d, t

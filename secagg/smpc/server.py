@@ -244,6 +244,12 @@ class SecAggServer:
     def _close_masked_input(self) -> dict[int, bytes]:
         U3 = tuple(sorted(self._masked_from))
         self._need(len(U3), "clients sent masked inputs")
+        g = self.config.graph
+        for u in U3:  # b_u needs t shares from u's surviving closed neighbourhood; clients refuse fewer
+            have = len((g[u] | {u}) & set(U3))
+            if have < self.config.threshold:
+                raise NotEnoughClientsError(f"server: survivor {u} has only {have} surviving share holders in its "
+                                            f"neighbourhood, threshold t={self.config.threshold}; round aborted, no result")
         self._U3 = U3
         self._dropped = tuple(sorted(self._U2 - set(U3)))
         if self.config.mode == "active":
