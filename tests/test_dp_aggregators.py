@@ -125,6 +125,19 @@ def test_adaptive_clipping_with_local_noise_is_refused():
     CentralDPOptions(noise_multiplier=1.0, clip_norm=1.0, mode="central", adaptive=AdaptiveClipping(count_noise_std=1.0))
 
 
+def test_adaptive_clipping_under_poisson_normalises_by_expected_clients(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="population is required for adaptive"):
+        CentralDPOptions(noise_multiplier=1.0, clip_norm=1.0, sampling_rate=0.5, expected_weight=5.0,
+                         adaptive=AdaptiveClipping(count_noise_std=1.0))
+    seen = []
+    ad = AdaptiveClipping(count_noise_std=1.0)
+    monkeypatch.setattr(AdaptiveClipping, "next_clip", lambda self, c, u, m: (seen.append(m), (c, 0.5))[1])
+    agg = CentralDPAggregator(noise_multiplier=1.0, clip_norm=1.0, sampling_rate=0.5, expected_weight=5.0,
+                              population=10, adaptive=ad)
+    agg.aggregate([ClientUpdate(i, np.full(4, 0.1, np.float32), 5) for i in range(3)], round_index=0)
+    assert seen == [5.0]  # q * population, not the 3 clients that happened to be sampled
+
+
 def test_poisson_subsampling_requires_expected_weight():
     ups = [ClientUpdate(i, np.full(4, 0.5, np.float32), 5) for i in range(2)]
     with pytest.raises(ConfigError, match=r"expected_weight is required.*sampling_rate \* population"):

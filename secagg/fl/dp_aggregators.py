@@ -67,7 +67,8 @@ class CentralDPOptions:
       the ledger records the noise of the *sum* of the clients' noisy updates, which assumes
       the server (and anyone else) sees only that sum (e.g. behind secure aggregation); a
       server seeing individual noisy updates gets far weaker per-client protection.
-    adaptive: AdaptiveClipping or None (central mode only, see ``__post_init__``).
+    adaptive: AdaptiveClipping or None (central mode only, see ``__post_init__``; with Poisson
+      q < 1 it needs ``population`` and normalises the noisy count by q * population).
     sample_size: for ``sampling='fixed_size'``, the exact number of clients drawn per round
       (the FedAvg core draws ``max(min_clients, ceil(client_fraction * N))``); default
       ``ceil(sampling_rate * population)``. A round with more updates raises ConfigError.
@@ -119,6 +120,11 @@ class CentralDPOptions:
         if self.adaptive is not None:
             if not isinstance(self.adaptive, AdaptiveClipping):
                 raise ConfigError("adaptive must be an AdaptiveClipping or None")
+            if self.sampling == "poisson" and self.sampling_rate < 1.0 and self.population is None:
+                raise ConfigError(
+                    "population is required for adaptive clipping with sampling='poisson' and sampling_rate < 1: the "
+                    "noisy clipped count is normalised by the expected number of clients sampling_rate * population "
+                    "(Andrew et al. 2021); the realized number of clients is not private under add/remove")
             if self.mode == "local":
                 # Andrew et al.'s Thm. 1 splits one budget z between the update sum and the count only
                 # when both get their noise once, centrally: in local mode the sum's noise is
@@ -182,7 +188,9 @@ class CentralDPAggregator(Aggregator):
         mean = total / denom
         next_clip, noisy_frac = C, float("nan")
         if o.adaptive is not None:
-            next_clip, noisy_frac = o.adaptive.next_clip(C, unclipped, n)
+            expected_clients = (o.sampling_rate * o.population if o.sampling == "poisson" and o.sampling_rate < 1.0
+                                else n)  # Poisson q < 1: the realized n must not enter the released value
+            next_clip, noisy_frac = o.adaptive.next_clip(C, unclipped, expected_clients)
         extra = {"mode": o.mode, "weighting": o.weighting, "update_noise_multiplier": z_upd,
                  "adaptive": o.adaptive is not None, "next_clip_norm": next_clip}
         if o.adaptive is not None:
