@@ -384,3 +384,225 @@ def test_driver_surfaces_refusal_of_a_malicious_server(monkeypatch):
     with pytest.raises(ClientAbortError, match="both survivor and dropped") as ei:
         run_round(r.cfg, r.inputs)
     assert isinstance(ei.value.__cause__, UnmaskRefusedError)
+
+
+# ------------------------------------------------------------------ reviewer's attacks (regressions)
+# Each reproduces one of the verified attacks on a deviating server and asserts that it now fails.
+from secagg.errors import ConfigError  # noqa: E402
+from secagg.smpc import derive_params, plan_session  # noqa: E402
+from secagg.smpc import shamir  # noqa: E402
+
+
+def _identities(ids):
+    idk = {u: generate_identity() for u in ids}
+    return idk, {u: identity_public_bytes(k) for u, k in idk.items()}
+
+
+def _to_masked_input(cfg, idk, *, forward=None):
+    """Honest stages 0-1; returns (clients, server, SHARES_FORWARD messages), optionally rewritten
+    by ``forward(v, ShareCiphertexts) -> entries`` (the server choosing what v receives)."""
+    rng = np.random.default_rng(4)
+    x = {u: rng.integers(0, 2**32, cfg.vector_length, dtype=np.uint64).astype(np.uint32) for u in cfg.client_ids}
+    cl = {u: SecAggClient(cfg, u, identity_key=idk.get(u), input_vector=x[u]) for u in cfg.client_ids}
+    srv = SecAggServer(cfg)
+    for c in cl.values():
+        srv.receive(c.start())
+    out = srv.close_stage()
+    for u, m in out.items():
+        srv.receive(cl[u].handle(m))
+    out = srv.close_stage()
+    if forward is not None:
+        for v in list(out):
+            ents = forward(v, decode(out[v]).payload)
+            if ents is not None:
+                out[v] = _srv_msg(cfg, M.Kind.SHARES_FORWARD, M.ShareCiphertexts(tuple(ents)), v)
+    return cl, srv, out
+
+
+def _srv_msg(cfg, kind, payload, to):
+    return M.encode(kind, payload, session_id=cfg.session_id, round_id=cfg.round_id, sender=0, receiver=to)
+
+
+def _ask(client, msg):
+    """A client's reply payload, or None when it refuses (any ProtocolError / NotEnoughClientsError)."""
+    try:
+        return decode(client.handle(msg)).payload
+    except (UnmaskRefusedError, SignatureError, StageError, NotEnoughClientsError):
+        return None
+
+
+def test_active_mode_requires_3t_greater_than_2m_naming_t_m_and_the_bound():
+    ids = tuple(range(1, 41))
+    _, pub = _identities(ids)
+    # attack_plus_active.py's parameters: n=40, k=20 (m=21), t=11 = m/2+1 -> refused
+    with pytest.raises(ConfigError, match=r"3t > 2m.*floor\(2m/3\)\+1 = 15.*m=21.*t=11"):
+        SessionConfig(new_session_id(), 0, ids, 11, 8, mode="active", degree=20, identity_keys=pub)
+    with pytest.raises(ConfigError, match="3t > 2m"):
+        SessionConfig(new_session_id(), 0, ids, 14, 8, mode="active", degree=20, identity_keys=pub)
+    SessionConfig(new_session_id(), 0, ids, 15, 8, mode="active", degree=20, identity_keys=pub)
+    SessionConfig(new_session_id(), 0, ids, 11, 8, mode="honest", degree=20)  # honest mode: t > m/2 suffices
+    with pytest.raises(ConfigError, match=r"m=10.*t=6"):  # complete graph: m = n
+        SessionConfig(new_session_id(), 0, ids[:10], 6, 8, mode="active", identity_keys=pub)
+    assert default_threshold(10, "active") == 7 and default_threshold(10, "honest") == 6
+
+
+@pytest.mark.parametrize("n", [40, 100])
+def test_derive_params_active_mode_gives_valid_active_thresholds_even_with_zero_corruption(n):
+    ids = tuple(range(1, n + 1))
+    _, pub = _identities(ids)
+    honest = derive_params(n, dropout_rate=0.05, corruption_rate=0.0)
+    m = honest.neighbourhood_size
+    if not honest.complete:  # e.g. n=100: k=18, t=10 -- valid in honest mode only
+        assert 3 * honest.threshold <= 2 * m
+        with pytest.raises(ConfigError, match="3t > 2m"):
+            SessionConfig(new_session_id(), 0, ids, honest.threshold, 4, mode="active", degree=honest.session_degree,
+                          identity_keys=pub)
+    p = derive_params(n, dropout_rate=0.05, corruption_rate=0.0, mode="active")
+    assert 3 * p.threshold > 2 * p.neighbourhood_size
+    assert "active mode" in p.explain() and f"2t-m-1 = {2 * p.threshold - p.neighbourhood_size - 1}" in p.explain()
+    SessionConfig(new_session_id(), 0, ids, p.threshold, 4, mode="active", degree=p.session_degree, identity_keys=pub)
+    d, t = plan_session(n, mode="active", secagg_plus=True, dropout_rate=0.05, corruption_rate=0.0)
+    SessionConfig(new_session_id(), 0, ids, t, 4, mode="active", degree=d, identity_keys=pub)
+    with pytest.raises(ConfigError, match="3t > 2m"):
+        plan_session(n, mode="active", threshold=n // 2 + 1)
+
+
+def test_attack_plus_active_hidden_neighbours_fails_with_a_valid_threshold():
+    """attack_plus_active.py with the smallest valid t=15 (m=21): the server shows v only the
+    shares of 14 neighbours F (so v still masks), gets S = ids - F signed and declares F dropped.
+    v itself refuses the request, and the other holders cannot supply t shares of b_v."""
+    n, k, t = 40, 20, 15
+    ids = tuple(range(1, n + 1))
+    idk, pub = _identities(ids)
+    cfg = SessionConfig(new_session_id(), 0, ids, t, 8, mode="active", degree=k, identity_keys=pub)
+    v = 1
+    F = set(sorted(cfg.graph[v])[: t - 1])
+    cl, srv, out = _to_masked_input(cfg, idk, forward=lambda u, p: [e for e in p.entries if e[0] in F] if u == v else None)
+    for u, mm in out.items():
+        decode(cl[u].handle(mm))  # v accepts: |U2(v)| = 15 >= t
+    S = tuple(sorted(set(ids) - F))
+    sigs = tuple((u, decode(cl[u].handle(_srv_msg(cfg, M.Kind.CONSISTENCY_REQUEST, M.SurvivorList(S), u))).payload.signature)
+                 for u in S)
+    b_v = 0
+    for w in S:
+        r = _ask(cl[w], _srv_msg(cfg, M.Kind.UNMASK_REQUEST, M.UnmaskRequest(S, tuple(sorted(F)), sigs), w))
+        if w == v:
+            assert r is None and cl[v].stage == Stage.ABORTED  # v: survivors that never sent it shares
+        elif r is not None:
+            b_v += sum(e.owner == v for e in r.entries)
+    assert b_v < t  # at most |N(v) - F| = 6 honest holders could answer
+
+
+def test_attack_active_two_signed_survivor_sets_fails_within_the_collusion_bound():
+    """attack_active.py (n=10, t=7) with c = 2t - m - 1 = 3 colluders, the corrected bound: the
+    server cannot get two survivor sets with t signatures each, so the second half refuses."""
+    n, t = 10, 7
+    ids = tuple(range(1, n + 1))
+    idk, pub = _identities(ids)
+    cfg = SessionConfig(new_session_id(), 0, ids, t, 8, mode="active", identity_keys=pub)
+    cl, srv, out = _to_masked_input(cfg, idk)
+    for u, mm in out.items():
+        cl[u].handle(mm)
+    corrupt = (8, 9, 10)
+    assert len(corrupt) == 2 * t - n - 1
+    # v=1 survivor in A, "dropped" in B; client 4 is named in both but can sign only one of them
+    A, B = (1, 2, 3, 4) + corrupt, (4, 5, 6, 7) + corrupt
+    sig = {}
+    for S, signers in ((A, (1, 2, 3, 4)), (B, (5, 6, 7))):
+        sig[S] = {u: decode(cl[u].handle(_srv_msg(cfg, M.Kind.CONSISTENCY_REQUEST, M.SurvivorList(S), u))).payload.signature
+                  for u in signers}
+        sig[S].update({u: keys.sign(idk[u], consistency_signed_bytes(cfg, S)) for u in corrupt})  # colluders sign both
+    assert len(sig[A]) == t and len(sig[B]) == t - 1  # 2t <= m + c fails: one set is short
+    D_B = tuple(sorted(set(ids) - set(B)))
+    for w in (5, 6, 7):
+        req = _srv_msg(cfg, M.Kind.UNMASK_REQUEST, M.UnmaskRequest(B, D_B, tuple(sorted(sig[B].items()))), w)
+        with pytest.raises(SignatureError, match=f"only {t - 1} valid consistency signatures"):
+            cl[w].handle(req)
+        mixed = tuple(sorted({**sig[B], **{u: sig[A][u] for u in (1, 2)}}.items()))  # A's signatures do not count for B
+        with pytest.raises(SignatureError):
+            cl[w].handle(_srv_msg(cfg, M.Kind.UNMASK_REQUEST, M.UnmaskRequest(B, D_B, mixed), w))
+
+
+def test_attack_honest_pairs_refused_by_the_new_client_checks():
+    """attack_honest.py: S={v,w}, D=everyone else to each holder w -> every holder refuses (|S| < t)."""
+    r = Round(n=5, t=3)
+    r.advertise()
+    r.step()
+    r.step()
+    for w in r.cfg.client_ids:
+        S = tuple(sorted({1, w}))
+        D = tuple(sorted(set(r.cfg.client_ids) - set(S)))
+        with pytest.raises(UnmaskRefusedError, match=r"survivors in my neighbourhood < threshold t=3"):
+            r.clients[w].handle(r.server_msg(M.Kind.UNMASK_REQUEST, M.UnmaskRequest(S, D), w))
+        assert r.clients[w].stage == Stage.ABORTED
+
+
+def _honest_round_at_unmasking(n=6, t=4, drop_after_shares=()):
+    r = Round(n=n, t=t)
+    r.advertise()
+    r.step()
+    r.step(skip=drop_after_shares)
+    return r
+
+
+def _round_where_6_hides_from_1():
+    """Honest stages, except that the server does not forward client 6's shares to client 1."""
+    r = Round(n=6, t=4)
+    r.advertise()
+    fwd = r.step()
+    fwd[1] = r.server_msg(M.Kind.SHARES_FORWARD, M.ShareCiphertexts(tuple(e for e in decode(fwd[1]).payload.entries
+                                                                            if e[0] != 6)), 1)
+    r.step()
+    assert r.clients[1]._U2 == {1, 2, 3, 4, 5}
+    return r
+
+
+@pytest.mark.parametrize("S,D,why", [((1, 2, 3, 4, 6), (5,), r"survivors \[6\] did not send me shares"),
+                                     ((1, 2, 3, 4), (5, 6), r"dropped clients \[6\] did not send me shares")])
+def test_client_refuses_survivor_or_dropped_client_outside_its_u2(S, D, why):
+    r = _round_where_6_hides_from_1()
+    with pytest.raises(UnmaskRefusedError, match=why):
+        r.clients[1].handle(r.server_msg(M.Kind.UNMASK_REQUEST, M.UnmaskRequest(S, D), 1))
+    assert r.clients[1].stage == Stage.ABORTED
+
+
+def test_client_refuses_request_leaving_part_of_its_u2_unnamed_and_answers_the_honest_one():
+    r = _honest_round_at_unmasking()
+    with pytest.raises(UnmaskRefusedError, match=r"clients \[6\] sent me shares but are named neither"):
+        r.clients[1].handle(r.server_msg(M.Kind.UNMASK_REQUEST, M.UnmaskRequest((1, 2, 3, 4), (5,)), 1))
+    with pytest.raises(UnmaskRefusedError, match=r"only 3 survivors in my neighbourhood < threshold t=4"):
+        r.clients[2].handle(r.server_msg(M.Kind.UNMASK_REQUEST, M.UnmaskRequest((1, 2, 3), (4, 5, 6)), 2))
+    ok = decode(r.clients[3].handle(r.server_msg(M.Kind.UNMASK_REQUEST, M.UnmaskRequest((1, 2, 3, 4), (5, 6)), 3))).payload
+    assert {(e.owner, e.share_kind) for e in ok.entries} == {(1, M.SHARE_SELF_MASK), (2, M.SHARE_SELF_MASK), (3, M.SHARE_SELF_MASK),
+                                                           (4, M.SHARE_SELF_MASK), (5, M.SHARE_MASK_KEY), (6, M.SHARE_MASK_KEY)}
+
+
+def test_honest2_pattern_refused_in_active_mode():
+    """attack_honest2.py sends each holder its own plausible (S, D) (honest mode cannot detect it:
+    docs/smpc.md). In active mode every holder signs only its own S, which never gathers t signatures."""
+    n, t = 10, 7
+    ids = tuple(range(1, n + 1))
+    idk, pub = _identities(ids)
+    cfg = SessionConfig(new_session_id(), 0, ids, t, 8, mode="active", identity_keys=pub)
+    v, P, others = 1, (2, 3, 4, 5, 6, 7), (8, 9, 10)
+    cl, srv, out = _to_masked_input(cfg, idk, forward=lambda u, p: [e for e in p.entries if e[0] in P] if u == v else None)
+    for u, mm in out.items():
+        cl[u].handle(mm)
+    req = {v: set(range(1, 8))}
+    for i, w in enumerate(others):
+        req[w] = {v, *others, P[i]}
+    for w in P:
+        req[w] = {v, w, *others}
+    sigs = {}
+    for w, S in req.items():
+        S = tuple(sorted(S))
+        s = _ask(cl[w], _srv_msg(cfg, M.Kind.CONSISTENCY_REQUEST, M.SurvivorList(S), w))
+        if s is not None:
+            sigs.setdefault(S, {})[w] = s.signature
+    assert max(len(s) for s in sigs.values()) < t
+    answered = 0
+    for w, S in req.items():
+        S = tuple(sorted(S))
+        D = tuple(sorted(set(P) - set(S)))
+        answered += _ask(cl[w], _srv_msg(cfg, M.Kind.UNMASK_REQUEST, M.UnmaskRequest(S, D, tuple(sorted(sigs.get(S, {}).items()))), w)) is not None
+    assert answered == 0
