@@ -447,3 +447,82 @@ def test_secaggplus_with_automatic_parameters_on_very_few_nodes(n):
     nodes = list(range(1001, 1001 + n))
     res = wf(grid_for(n), nodes, train_content(), 0)
     assert res.included == tuple(nodes)
+
+
+# ------------------------------------------------------------- reviewer findings 4-6 (regressions)
+
+
+class _SpoofAbortMod:
+    """Outermost mod on one partition: at SHARE_KEYS it lets the node answer, then replaces the
+    reply by an ABORT that claims to come from client 1 (another node)."""
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+
+    def __call__(self, msg: Message, context: Context, call_next) -> Message:
+        reply = call_next(msg, context)
+        rec = msg.content.config_records.get(SMPC_RECORD)
+        if int(context.node_config["partition-id"]) != self.partition or rec is None or rec["stage"] != "SHARE_KEYS":
+            return reply
+        h = M.decode(bytes(rec["msg"])).header
+        spoof = M.encode(M.Kind.ABORT, M.Abort("spoofed"), session_id=h.session_id, round_id=h.round_id,
+                         sender=1, receiver=M.SERVER_ID, stage=Stage.SHARE_KEYS)
+        return Message(RecordDict({SMPC_RECORD: ConfigRecord({"msg": spoof})}), reply_to=msg)
+
+
+def test_server_rejects_a_reply_whose_sender_is_another_nodes_client_id():
+    """A node must not speak for another: a spoofed ABORT in client 1's name does not abort the
+    round; the spoofing node is treated as dropped at SHARE_KEYS and client 1 stays in the sum."""
+    app = ClientApp(mods=[_SpoofAbortMod(partition=2)] + client_mods())
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        delta, n = toy_update(int(context.node_config["partition-id"]))
+        return Message(RecordDict({UPDATE: vector_to_record(delta), TRAIN_METRICS: MetricRecord({NUM_EXAMPLES: n, "loss": 0.0})}),
+                       reply_to=msg)
+
+    grid = grid_for(5, app=app)
+    nodes = sorted(grid.contexts)
+    spoofer = next(nd for nd in nodes if int(grid.contexts[nd].node_config["partition-id"]) == 2)
+    res = SecAggWorkflow(threshold=3, stage_timeout_s=0.5)(grid, nodes, train_content(), 0)
+    assert spoofer in res.dropped and nodes[0] in res.included and len(res.included) == 4
+    assert any("claims sender client 1" in e for e in res.errors), res.errors
+
+
+def test_mod_answers_not_enough_clients_with_an_abort_and_forgets_the_round():
+    """client.handle raises NotEnoughClientsError (not a ProtocolError) for a key list with fewer
+    than t entries: the mod still replies ABORT and deletes the node's round state."""
+    grid = grid_for(4)
+    cfg = SessionConfig(session_id=b"\x08" * 16, round_id=0, client_ids=(1, 2, 3, 4), threshold=3, vector_length=L + 1)
+    nodes = sorted(grid.contexts)
+    setup = json.dumps({"session": {"session_id": cfg.session_id.hex(), "round_id": 0, "client_ids": list(cfg.client_ids),
+                                    "threshold": 3, "vector_length": cfg.vector_length, "modulus_bits": 32,
+                                    "mode": "honest", "degree": None},
+                        "max_weight": 256, "fixed_point": {"clip": 1.0, "bits": 16, "modulus_bits": 32}}).encode()
+
+    def send(rec):
+        rd = RecordDict({SMPC_RECORD: ConfigRecord(rec)})
+        (reply,) = grid.send_and_receive([Message(rd, dst_node_id=nodes[0], message_type=MessageType.TRAIN, group_id="1")])
+        return reply
+
+    adv = M.decode(bytes(send({"stage": "ADVERTISE_KEYS", "setup": setup, "client-id": 1}).content.config_records[SMPC_RECORD]["msg"]))
+    assert STATE_RECORD in grid.contexts[nodes[0]].state.config_records
+    only_me = M.encode(M.Kind.KEY_LIST, M.KeyList((M.KeyEntry(1, adv.payload.c_pk, adv.payload.s_pk, b""),)),
+                       session_id=cfg.session_id, round_id=0, sender=M.SERVER_ID, receiver=1)
+    reply = send({"stage": "SHARE_KEYS", "msg": only_me})
+    assert not reply.has_error()
+    data = M.decode(bytes(reply.content.config_records[SMPC_RECORD]["msg"]))
+    assert data.header.kind == M.Kind.ABORT and "NotEnoughClientsError" in data.payload.reason
+    assert STATE_RECORD not in grid.contexts[nodes[0]].state.config_records
+
+
+@pytest.mark.parametrize("n", [5, 10])
+def test_flower_and_fedavg_aggregator_choose_the_same_degree_and_threshold(n):
+    """One rule (secagg.smpc.plan_session): SecAgg+ falling back to the complete graph uses SecAgg's
+    default floor(n/2)+1, not derive_params' t = n (which would abort on any dropout)."""
+    from secagg.fl.secure_aggregators import SecAggAggregator, SecAggOptions
+
+    wf = SecAggWorkflow(plus=True, dropout_rate=0.1, corruption_rate=0.05)
+    cfg = wf.session_config(n, 0, 10)
+    agg = SecAggAggregator(SecAggOptions(secagg_plus=True, dropout_rate_design=0.1, corruption_rate=0.05))
+    assert (cfg.degree, cfg.threshold) == agg._graph(n) == (None, n // 2 + 1)

@@ -13,7 +13,9 @@ survivors (``included``); clients that drop out *inside* the protocol (option
 ``dropout``) are excluded exactly, as the protocol guarantees.
 
 Threat model: :mod:`secagg.smpc` (``mode='honest'``: honest-but-curious server;
-``mode='active'``: signed keys + consistency check; fewer than t colluding clients).
+``mode='active'``: signed keys + consistency check against a deviating server, with
+3t > 2m and at most 2t - m - 1 colluding share holders per neighbourhood; honest mode:
+fewer than t colluding clients, and only against a server that follows the protocol).
 In this simulation one process plays every party; only the aggregate leaves the
 protocol objects.
 
@@ -43,10 +45,10 @@ from secagg.smpc import (
     PHASES,
     DropoutSchedule,
     SessionConfig,
-    derive_params,
     generate_identity,
     identity_public_bytes,
     new_session_id,
+    plan_session,
     run_round,
 )
 
@@ -59,9 +61,13 @@ class SecAggOptions:
 
     mode: 'honest' or 'active' (Ed25519 signatures + consistency check).
     secagg_plus: use a sparse Harary graph with degree/threshold from
-        :func:`secagg.smpc.derive_params` (falls back to the complete graph for small n).
-    threshold: Shamir threshold t; None = default (SecAgg+: derived; SecAgg: floor(n/2)+1
-        honest, floor(2n/3)+1 active). Must satisfy m/2 < t <= m (m = neighbourhood size).
+        :func:`secagg.smpc.derive_params` in ``mode`` (falls back to the complete graph when
+        no sparse graph meets the bounds, e.g. small n). Degree and t come from
+        :func:`secagg.smpc.plan_session`, the rule the Flower workflow uses too.
+    threshold: Shamir threshold t; None = default: sparse SecAgg+ graph -> the derived t;
+        complete graph (plain SecAgg, or the SecAgg+ fallback) -> floor(n/2)+1 honest,
+        floor(2n/3)+1 active. Must satisfy m/2 < t <= m, and 3t > 2m in active mode
+        (m = neighbourhood size).
     bits, clip: fixed-point quantization bits and clipping range (see secagg.encoding).
     modulus_bits: ring size k; None = 32 if the bit budget fits (upload = float32 size), else 64.
     dropout: probability that a client drops inside the protocol (simulation), at a
@@ -127,15 +133,8 @@ class SecAggAggregator(Aggregator):
 
     def _graph(self, n: int) -> tuple[int | None, int]:
         o = self.options
-        degree = None
-        if o.secagg_plus and n >= 3:
-            p = derive_params(n, o.dropout_rate_design, o.corruption_rate, o.sigma, o.eta)
-            if not p.complete:
-                degree = p.degree
-                return degree, o.threshold if o.threshold is not None else p.threshold
-        if o.threshold is not None:
-            return degree, o.threshold
-        return degree, (2 * n // 3 + 1 if o.mode == "active" else n // 2 + 1)
+        return plan_session(n, mode=o.mode, secagg_plus=o.secagg_plus, threshold=o.threshold,
+                            dropout_rate=o.dropout_rate_design, corruption_rate=o.corruption_rate, sigma=o.sigma, eta=o.eta)
 
     def aggregate(self, updates: Sequence[ClientUpdate], *, round_index: int) -> AggregateResult:
         o = self.options

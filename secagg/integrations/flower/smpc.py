@@ -63,7 +63,7 @@ from secagg.errors import ConfigError, NotEnoughClientsError, ProtocolError
 from secagg.integrations.flower.records import update_from_reply
 from secagg.integrations.flower.smpc_state import config_from_json, config_to_json
 from secagg.integrations.flower.workflow import FlowerRoundResult, RoundWorkflow, train_message
-from secagg.smpc import ClientAbortError, SecAggClient, SecAggServer, SessionConfig, Stage, derive_params, new_session_id
+from secagg.smpc import ClientAbortError, SecAggClient, SecAggServer, SessionConfig, Stage, StageError, decode, new_session_id, plan_session
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class SecAggMod:
             else:
                 saved["client"] = client.export_state()
             return self._reply(msg, out)
-        except ProtocolError as e:
+        except (ProtocolError, NotEnoughClientsError) as e:  # NotEnoughClientsError is no ProtocolError
             abort = getattr(e, "abort_message", None)
             if STATE_RECORD in context.state.config_records:
                 del context.state.config_records[STATE_RECORD]
@@ -181,8 +181,9 @@ class SecAggWorkflow(RoundWorkflow):
     """Server side of our SecAgg (``plus=False``, complete graph) or SecAgg+ (``plus=True``).
 
     Parameters (validated here, before any message is sent):
-    ``threshold`` t (0 = auto: SecAgg ``floor(n/2)+1``; SecAgg+ from
-    :func:`secagg.smpc.derive_params`), ``degree`` (SecAgg+ only, even; 0 = auto), fixed point
+    ``threshold`` t (0 = auto, by :func:`secagg.smpc.plan_session`, the rule the FedAvg
+    aggregator uses too: SecAgg+ sparse graph -> t from :func:`secagg.smpc.derive_params`;
+    complete graph, also when SecAgg+ falls back to it for small n -> ``floor(n/2)+1``), ``degree`` (SecAgg+ only, even; 0 = auto), fixed point
     ``clip``/``bits``/``modulus_bits``, ``max_weight`` (largest example count a node may
     carry), ``max_clients`` (the bit budget ``log2(max_clients*max_weight*2**bits)+1 <=
     modulus_bits`` is checked for it up front and for the actual n each round),
@@ -221,20 +222,9 @@ class SecAggWorkflow(RoundWorkflow):
         if n > self.max_clients:
             raise ConfigError(f"{self.name}: {n} nodes exceed max_clients={self.max_clients} (the validated bit budget)")
         self.fp.check_budget(n, self.max_weight, extra_count=n * self.max_weight)
-        degree: int | None = None
-        t = self.threshold
-        if self.plus:
-            if self.degree:
-                degree = self.degree
-            elif n >= 3:  # fewer nodes: no sparse graph exists; complete graph, default threshold below
-                p = derive_params(n, self.dropout_rate, self.corruption_rate)
-                degree = p.session_degree  # None: no sparse graph meets the bounds (small n; often t = n)
-                t = t or p.threshold
-            if degree is not None and degree >= n - 1:
-                degree = None  # the Harary graph is complete: plain SecAgg
-        if not t:
-            m = n if degree is None else degree + 1
-            t = m // 2 + 1
+        degree, t = plan_session(n, mode="honest", secagg_plus=self.plus, threshold=self.threshold or None,
+                                 degree=self.degree or None, dropout_rate=self.dropout_rate,
+                                 corruption_rate=self.corruption_rate)
         return SessionConfig(session_id=new_session_id(), round_id=round_index, client_ids=tuple(range(1, n + 1)),
                              threshold=t, vector_length=vector_length, modulus_bits=self.fp.modulus_bits, degree=degree)
 
@@ -273,7 +263,13 @@ class SecAggWorkflow(RoundWorkflow):
                     errors.append(f"node {nid} ({stage.name}): {r.error.reason}")
                     continue
                 try:
-                    server.receive(bytes(r.content.config_records[SMPC_RECORD]["msg"]))
+                    data = bytes(r.content.config_records[SMPC_RECORD]["msg"])
+                    sender = decode(data).header.sender
+                    if nid not in cid or sender != cid[nid]:
+                        # a node must not speak for another (e.g. a spoofed ABORT must not abort the round)
+                        raise StageError(f"reply claims sender client {sender}, but node {nid} is client "
+                                         f"{cid.get(nid, 'none')} of this round")
+                    server.receive(data)
                 except ClientAbortError:
                     raise
                 except (ProtocolError, KeyError) as e:  # a bad reply is dropped, never added
