@@ -6,11 +6,15 @@ transport decides a stage is over (all replies in, or a timeout), call
 to the next stage. Clients that did not reply in a stage are treated as dropped. After
 the unmasking stage is closed, :meth:`SecAggServer.result` returns the sum.
 
-What the server learns (honest-but-curious, or active with the client-side checks of
-:mod:`secagg.smpc.client`): the sum over the survivor set U3 of the inputs mod 2**k, the
-sets U1..U5 and the public keys; nothing about any individual input as long as fewer
-than t share holders of any client collude with it (and, in SecAgg+, no honest client
-is isolated in the graph, see :mod:`secagg.smpc.graph`).
+What the server learns: the sum over the survivor set U3 of the inputs mod 2**k, the
+sets U1..U5 and the public keys; nothing about any individual input
+* in honest mode, if it follows the protocol (honest-but-curious) and fewer than t share
+  holders of any client collude with it (a deviating server is not covered: see
+  :mod:`secagg.smpc.client`);
+* in active mode (3t > 2m, m = closed neighbourhood size, enforced by SessionConfig), even
+  if it deviates, as long as at most 2t - m - 1 share holders of any client collude with
+  it (two differently signed survivor sets need 2t <= m + c signatures);
+and, in SecAgg+, no honest client is isolated in the graph (see :mod:`secagg.smpc.graph`).
 
 Aborts: whenever a stage ends with fewer than t participants (or a survivor's or needed
 dropped client's secret has fewer than t shares at unmasking), the server raises

@@ -3,13 +3,19 @@ CCS 2020) over Flower messages: :class:`SecAggMod` (client) and :class:`SecAggWo
 
 Threat model and guarantees (those of :mod:`secagg.smpc`, honest-but-curious mode)
 -----------------------------------------------------------------------------------
-The ServerApp, and the SuperLink relaying its messages, learn the sum (mod 2**k) of the
-surviving nodes' encoded, example-weighted deltas and the sum of their weights, plus who
-survived each stage; nothing about an individual delta as long as fewer than t share
-holders of any node collude with the server (SecAgg+: and no honest node is isolated in
-the Harary graph). Masks come from AES-CTR keyed by X25519+HKDF seeds (full 256-bit
-seeds, :mod:`secagg.smpc.prg`); every client refuses an unmasking request naming a node
-as both survivor and dropped (:class:`secagg.smpc.UnmaskRefusedError`), and the bit
+Protection only against an HONEST-BUT-CURIOUS ServerApp/SuperLink, i.e. one that follows
+the protocol: it learns the sum (mod 2**k) of the surviving nodes' encoded,
+example-weighted deltas and the sum of their weights, plus who survived each stage;
+nothing about an individual delta as long as fewer than t share holders of any node
+collude with it (SecAgg+: and no honest node is isolated in the Harary graph). A server
+that DEVIATES (e.g. sends different nodes different survivor/dropped sets) can unmask a
+node despite the client-side checks; that needs :mod:`secagg.smpc`'s active mode (signed
+keys, consistency check, 3t > 2m), which this integration does not run (Flower provides
+no client identity PKI to the ServerApp). The server accepts a reply only from the node
+whose client id it names (a node cannot answer or send an ABORT for another).
+Masks come from AES-CTR keyed by X25519+HKDF seeds (full 256-bit seeds, :mod:`secagg.smpc.prg`); every client refuses an unmasking request naming a node
+as both survivor and dropped (:class:`secagg.smpc.UnmaskRefusedError`) or otherwise
+inconsistent with what it saw (defence in depth, see above), and the bit
 budget is checked before anything is sent, so the sum never wraps silently. See
 docs/flower.md for how this differs from Flower's own SecAgg+.
 
