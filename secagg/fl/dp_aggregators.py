@@ -10,7 +10,8 @@ adaptive clipping (Andrew et al. 2021) with the count noise accounted.
 composed with masked secure aggregation (:mod:`secagg.smpc`): each client encodes its
 update to Z_{2^k} with its own discrete Gaussian noise, the SecAgg protocol reveals only
 the modular sum of the survivors, the server decodes it. The SecAgg threshold is
-``max(min_survivors, n // 2 + 1)`` (SecAgg needs a majority), so a released sum always
+``max(min_survivors, n // 2 + 1)`` (SecAgg needs a majority; active mode
+``max(min_survivors, 2n // 3 + 1)``, its 3t > 2n bound), so a released sum always
 carries the noise of at least ``min_survivors`` clients, i.e. at least the target noise;
 the actual survivors' noise is what the ledger records.
 
@@ -212,7 +213,7 @@ class DistributedDPAggregator(Aggregator):
     """Distributed discrete Gaussian + secure aggregation (see module docstring).
 
     ``secure=True`` runs a full :mod:`secagg.smpc` round (``secagg_mode`` honest or active; threshold
-    ``max(min_survivors, n // 2 + 1)``,
+    ``max(min_survivors, n // 2 + 1)``, active ``max(min_survivors, 2n // 3 + 1)``,
     ``dropout`` simulates clients failing inside the protocol); ``secure=False`` computes the
     same modular sum in the clear (for testing the DP math alone).
     The mean is the decoded sum divided by the number of survivors.
@@ -255,8 +256,8 @@ class DistributedDPAggregator(Aggregator):
         encoded = dict(zip((u.client_id for u in ups), rnd.encode_many(u.delta for u in ups)))
         metrics: dict[str, float] = {}
         if self.secure:
-            from secagg.smpc import (DropoutSchedule, SessionConfig, generate_identity, identity_public_bytes,
-                                     new_session_id, run_round)
+            from secagg.smpc import (DropoutSchedule, SessionConfig, default_threshold, generate_identity,
+                                     identity_public_bytes, new_session_id, run_round)
 
             pid = {u.client_id: i + 1 for i, u in enumerate(ups)}
             back = {v: k for k, v in pid.items()}
@@ -266,8 +267,10 @@ class DistributedDPAggregator(Aggregator):
                     if u.client_id not in self._identities:
                         self._identities[u.client_id] = generate_identity()
                     idk[pid[u.client_id]] = self._identities[u.client_id]
+            # SecAgg's default t: honest floor(n/2)+1, active floor(2n/3)+1 (3t > 2n, SessionConfig's rule)
             scfg = SessionConfig(session_id=new_session_id(), round_id=int(round_index) % 2**32,
-                                 client_ids=tuple(range(1, n + 1)), threshold=max(cfg.min_survivors, n // 2 + 1),
+                                 client_ids=tuple(range(1, n + 1)),
+                                 threshold=max(cfg.min_survivors, default_threshold(n, self.secagg_mode)),
                                  vector_length=rnd.padded_dim, modulus_bits=cfg.modulus_bits, mode=self.secagg_mode,
                                  identity_keys={p: identity_public_bytes(k) for p, k in idk.items()})
             sched = (DropoutSchedule.random(scfg.client_ids, self.dropout, self._rng) if self.dropout > 0
