@@ -526,3 +526,17 @@ def test_flower_and_fedavg_aggregator_choose_the_same_degree_and_threshold(n):
     cfg = wf.session_config(n, 0, 10)
     agg = SecAggAggregator(SecAggOptions(secagg_plus=True, dropout_rate_design=0.1, corruption_rate=0.05))
     assert (cfg.degree, cfg.threshold) == agg._graph(n) == (None, n // 2 + 1)
+
+
+def test_dp_workflow_with_sampling_needs_a_fixed_denominator(tmp_path):
+    """Under Poisson sampling (q < 1) the number of participants is private: the mean must be
+    divided by q * N, not by the realized count."""
+    from secagg.integrations.flower.dp import DPFedAvgWorkflow, open_ledger
+
+    ledger = open_ledger(str(tmp_path / "l.jsonl"), 10.0, 1e-5)
+    with pytest.raises(ConfigError, match="expected_clients"):
+        DPFedAvgWorkflow(PlaintextWorkflow(stage_timeout_s=0.5), clip_norm=1.0, noise_multiplier=1.0, ledger=ledger,
+                         sampling_rate=0.5)
+    wf = DPFedAvgWorkflow(PlaintextWorkflow(stage_timeout_s=0.5), clip_norm=1.0, noise_multiplier=1.0, ledger=ledger,
+                          sampling_rate=0.5, expected_clients=2.5)
+    assert wf.expected_clients == 2.5

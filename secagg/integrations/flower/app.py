@@ -82,6 +82,8 @@ class FlowerAppConfig:
     dp_delta: float = 1e-5
     dp_epsilon: float = 10.0
     dp_sampling_rate: float = 1.0
+    # denominator of the DP mean when dp-sampling-rate < 1 (= rate x number of nodes); 0 = unset
+    dp_expected_clients: float = 0.0
     dp_ledger_path: str = ""
     dataset: str = "nbaiot"
     local_epochs: int = 1

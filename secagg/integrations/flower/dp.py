@@ -75,16 +75,26 @@ class DPFedAvgWorkflow(RoundWorkflow):
     ``ledger``: an open :class:`secagg.dp.PrivacyLedger` (its budget and delta apply).
     ``sampling_rate``: the probability with which a client takes part in a round, as the
     accountant must assume it (1.0 = every client every round).
+    ``expected_clients``: the denominator of the released mean, ``sampling_rate * N`` for N
+    clients; required when ``sampling_rate < 1``, because dividing by the realized number
+    of participants would release that (private, under add/remove) number unprotected.
+    With ``sampling_rate == 1`` the realized count is used.
     """
 
     def __init__(self, inner: RoundWorkflow, *, clip_norm: float, noise_multiplier: float, ledger: PrivacyLedger,
-                 sampling_rate: float = 1.0) -> None:
+                 sampling_rate: float = 1.0, expected_clients: float | None = None) -> None:
         super().__init__(inner.stage_timeout_s, inner.min_clients, inner.straggler_grace_s)
         if not (isinstance(clip_norm, (int, float)) and math.isfinite(clip_norm) and clip_norm > 0):
             raise ConfigError(f"dp clip_norm must be a finite number > 0, got {clip_norm!r}")
         if not isinstance(ledger, PrivacyLedger):
             raise ConfigError(f"ledger must be a secagg.dp.PrivacyLedger, got {type(ledger).__name__}")
         self.event = SampledGaussianEvent(noise_multiplier=noise_multiplier, sampling_rate=sampling_rate)  # validates z, q
+        if sampling_rate < 1.0 and expected_clients is None:
+            raise ConfigError(f"dp: expected_clients (= sampling_rate * number of clients) is required with "
+                              f"sampling_rate={sampling_rate} < 1: the realized participant count is not private")
+        if expected_clients is not None and not (math.isfinite(expected_clients) and expected_clients > 0):
+            raise ConfigError(f"dp: expected_clients must be a finite number > 0, got {expected_clients!r}")
+        self.expected_clients = expected_clients
         self.inner, self.clip_norm, self.ledger = inner, float(clip_norm), ledger
         self.name = f"dp-{inner.name}"
         ledger.check_round(self.event)  # refuse up front if even one round exceeds the budget
@@ -102,8 +112,10 @@ class DPFedAvgWorkflow(RoundWorkflow):
         noisy_sum = total + gaussian_noise(total.shape[0], self.event.noise_multiplier * self.clip_norm)
         entry = self.ledger.record_round(round_index, self.event, res.included, clip_norm=self.clip_norm, mechanism=MECHANISM,
                                          extra={"inner": self.inner.name, "dropped": list(res.dropped)})
-        res.delta = (noisy_sum / k).astype(np.float32)
-        res.metrics.update({"dp_epsilon_spent": float(entry["epsilon_after"]), "dp_noise_std_on_mean": self.event.noise_multiplier * self.clip_norm / k})
+        denom = float(self.expected_clients) if self.expected_clients is not None else k
+        res.delta = (noisy_sum / denom).astype(np.float32)
+        res.metrics.update({"dp_epsilon_spent": float(entry["epsilon_after"]),
+                            "dp_noise_std_on_mean": self.event.noise_multiplier * self.clip_norm / denom})
         return res
 
     def report(self) -> dict:

@@ -38,7 +38,7 @@ def build_workflow(cfg: "FlowerAppConfig") -> RoundWorkflow:
     if cfg.dp:
         ledger = open_ledger(cfg.dp_ledger_path, cfg.dp_epsilon, cfg.dp_delta, metadata={"app": "secagg flower example", "layer": cfg.layer})
         return DPFedAvgWorkflow(inner, clip_norm=cfg.dp_clip, noise_multiplier=cfg.dp_noise_multiplier, ledger=ledger,
-                                sampling_rate=cfg.dp_sampling_rate)
+                                sampling_rate=cfg.dp_sampling_rate, expected_clients=cfg.dp_expected_clients or None)
     return inner
 
 
