@@ -14,7 +14,7 @@ Each run writes a privacy ledger; the table reports the epsilon *recorded in tha
 (dpa-rdp), so the distributed mechanism's small extra cost (rounding, discrete noise) is visible.
 Writes ``results/dp_curve.md`` and ``results/dp_curve.png`` atomically.
 
-Usage: ``python benchmarks/dp_curve.py [--quick] [--seeds 0 1 2] [--eps 0.5 1 2 4 8] [--rounds 15]``
+Usage: ``python benchmarks/dp_curve.py [--quick] [--seeds 0 1 2] [--eps 0.5 1 2 4 8] [--rounds 20] [--hidden 64 16]``
 """
 
 from __future__ import annotations
@@ -49,13 +49,13 @@ def fmt(v, d=3) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--eps", type=float, nargs="+", default=[0.5, 1, 2, 4, 8])
     ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--local-epochs", type=int, default=2)
     ap.add_argument("--clip", type=float, default=1.0)
-    ap.add_argument("--hidden", type=int, nargs="+", default=[16, 4])
+    ap.add_argument("--hidden", type=int, nargs="+", default=[64, 16])
     ap.add_argument("--modes", nargs="+", default=["central", "ddp+secagg"])
     ap.add_argument("--out", type=Path, default=Path("results/dp_curve.md"))
     args = ap.parse_args(argv)
