@@ -50,7 +50,7 @@ from secagg.fl.aggregator import serialize_vector
 from secagg.fl.params import flatten, unflatten
 from secagg.dp import PrivacyBudget, PrivacyBudgetExceeded, PrivacyLedger, read_ledger
 from secagg.dp.discrete import DistributedDPConfig, next_pow2, plan_round
-from secagg.smpc import DropoutSchedule, NotEnoughClientsError, SessionConfig, derive_params, new_session_id, run_round
+from secagg.smpc import DropoutSchedule, NotEnoughClientsError, SessionConfig, new_session_id, plan_session, run_round
 
 
 MODULUS_BITS = 32  # SecAgg+ ring Z_{2^32}: a masked coordinate costs as much as a float32
@@ -83,10 +83,9 @@ def local_delta(worker: AutoencoderDetector, global_params: np.ndarray, X: np.nd
 
 def secagg_session(ids: tuple[int, ...], vector_length: int, dropout: float, round_id: int) -> SessionConfig:
     """SecAgg+ public parameters for this round's meters (protocol ids = meter index + 1)."""
-    plan = derive_params(len(ids), dropout_rate=max(dropout, 0.05), corruption_rate=0.05)
-    return SessionConfig(new_session_id(), round_id=round_id, client_ids=ids, threshold=plan.threshold,
-                         vector_length=vector_length, modulus_bits=MODULUS_BITS,
-                         degree=plan.session_degree)
+    degree, t = plan_session(len(ids), secagg_plus=True, dropout_rate=max(dropout, 0.05), corruption_rate=0.05)
+    return SessionConfig(new_session_id(), round_id=round_id, client_ids=ids, threshold=t,
+                         vector_length=vector_length, modulus_bits=MODULUS_BITS, degree=degree)
 
 
 def evaluate(global_params: np.ndarray, model: AutoencoderDetector, Xtr: np.ndarray, Xte: np.ndarray, fleet, percentile: float) -> dict:
