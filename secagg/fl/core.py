@@ -46,6 +46,7 @@ import numpy as np
 from secagg.errors import ConfigError, DataError, NotEnoughClientsError
 from secagg.fl.aggregator import AggregateResult, Aggregator, ClientUpdate, deserialize_vector, serialize_vector
 from secagg.fl.params import flatten, to_tensors, unflatten
+from secagg.fl.robust import check_compatible
 
 UpdateHook = Callable[[int, np.ndarray, int], np.ndarray]
 
@@ -188,8 +189,6 @@ class FederatedServer:
             raise ConfigError("clients: client ids must be unique")
         if config.min_clients > len(clients):
             raise ConfigError(f"min_clients={config.min_clients} exceeds the number of clients ({len(clients)})")
-        from secagg.fl.robust import check_compatible
-
         check_compatible(aggregator)  # e.g. Krum inside secure aggregation is refused here
         self.clients = list(clients)
         self.aggregator = aggregator
