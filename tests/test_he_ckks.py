@@ -21,6 +21,7 @@ from secagg.he.ckks import (
     choose_ckks_preset,
 )
 from secagg.he.messages import ChunkManifest, HEMessage
+from tests._he_common import run_round as _run, weighted_mean as _ref
 
 SLOTS = CKKS_8192.slots
 
@@ -38,18 +39,6 @@ def client(keys):
 
 def _server(keys) -> CKKSServer:
     return CKKSServer(keys[1])
-
-
-def _run(server, client, xs, weights, round_index=0):
-    rnd = server.open_round(round_index, weights, xs[0].shape[0])
-    for cid, x in zip(weights, xs):
-        rnd.add(client.encrypt(x, round_index=round_index, client_id=cid))
-    return client.decrypt(rnd.finish(), round_index=round_index)
-
-
-def _ref(xs, weights):
-    w = np.array(list(weights.values()), dtype=np.float64)
-    return (w[:, None] * np.stack(xs)).sum(0) / w.sum()
 
 
 @settings(deadline=None, max_examples=10)

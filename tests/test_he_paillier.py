@@ -25,6 +25,7 @@ from secagg.he.paillier import (
     quantize,
     unpack_slots,
 )
+from tests._he_common import run_round as _run, weighted_mean as _ref
 
 CFG = PaillierConfig(key_bits=1024, value_bits=12, clip=2.0, max_total_weight=500, insecure_for_testing=True)
 
@@ -38,18 +39,6 @@ def keys():
 @pytest.fixture(scope="module")
 def client(keys):
     return PaillierClient(keys[2])
-
-
-def _run(server, client, xs, weights, round_index=0):
-    rnd = server.open_round(round_index, weights, xs[0].shape[0])
-    for cid, x in zip(weights, xs):
-        rnd.add(client.encrypt(x, round_index=round_index, client_id=cid))
-    return client.decrypt(rnd.finish(), round_index=round_index)
-
-
-def _ref(xs, weights):
-    w = np.array(list(weights.values()), dtype=np.float64)
-    return (w[:, None] * np.stack(xs)).sum(0) / w.sum()
 
 
 # ---------------------------------------------------------------- packing
