@@ -256,17 +256,11 @@ class DistributedDPAggregator(Aggregator):
         encoded = dict(zip((u.client_id for u in ups), rnd.encode_many(u.delta for u in ups)))
         metrics: dict[str, float] = {}
         if self.secure:
-            from secagg.smpc import (DropoutSchedule, SessionConfig, default_threshold, generate_identity,
-                                     identity_public_bytes, new_session_id, run_round)
+            from secagg.fl.secure_aggregators import protocol_ids
+            from secagg.smpc import (DropoutSchedule, SessionConfig, default_threshold, identity_public_bytes,
+                                     new_session_id, run_round)
 
-            pid = {u.client_id: i + 1 for i, u in enumerate(ups)}
-            back = {v: k for k, v in pid.items()}
-            idk = {}
-            if self.secagg_mode == "active":
-                for u in ups:
-                    if u.client_id not in self._identities:
-                        self._identities[u.client_id] = generate_identity()
-                    idk[pid[u.client_id]] = self._identities[u.client_id]
+            pid, back, idk = protocol_ids([u.client_id for u in ups], self.secagg_mode, self._identities)
             # SecAgg's default t: honest floor(n/2)+1, active floor(2n/3)+1 (3t > 2n, SessionConfig's rule)
             scfg = SessionConfig(session_id=new_session_id(), round_id=int(round_index) % 2**32,
                                  client_ids=tuple(range(1, n + 1)),

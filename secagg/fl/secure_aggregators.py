@@ -55,6 +55,22 @@ from secagg.smpc import (
 __all__ = ["SecAggOptions", "SecAggAggregator"]
 
 
+def protocol_ids(client_ids: Sequence[int], mode: str, identities: dict[int, object]) -> tuple[dict[int, int], dict[int, int], dict[int, object]]:
+    """Map a round's FL client ids (in the given order) to protocol ids 1..n (the Shamir
+    x-coordinates) and back; in active mode also return each protocol id's long-term Ed25519
+    identity, created on first use and kept in ``identities`` (keyed by FL client id) so a
+    client signs with the same key in every round."""
+    pid = {c: i + 1 for i, c in enumerate(client_ids)}
+    back = {v: k for k, v in pid.items()}
+    idk: dict[int, object] = {}
+    if mode == "active":
+        for c in client_ids:
+            if c not in identities:
+                identities[c] = generate_identity()
+            idk[pid[c]] = identities[c]
+    return pid, back, idk
+
+
 @dataclass(frozen=True)
 class SecAggOptions:
     """Options of :class:`SecAggAggregator`.
@@ -146,14 +162,7 @@ class SecAggAggregator(Aggregator):
         weights = [int(u.num_examples) if o.weighted else 1 for u in ups]
         fp = self._fixed_point(n, max(weights), L)
         degree, t = self._graph(n)
-        pid = {u.client_id: i + 1 for i, u in enumerate(ups)}  # protocol ids (Shamir x-coordinates) 1..n
-        back = {v: k for k, v in pid.items()}
-        idk = {}
-        if o.mode == "active":
-            for u in ups:
-                if u.client_id not in self._identities:
-                    self._identities[u.client_id] = generate_identity()
-                idk[pid[u.client_id]] = self._identities[u.client_id]
+        pid, back, idk = protocol_ids([u.client_id for u in ups], o.mode, self._identities)
         cfg = SessionConfig(
             session_id=new_session_id(),
             round_id=int(round_index) % 2**32,
