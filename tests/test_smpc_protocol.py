@@ -116,7 +116,16 @@ def test_unmasking_dropout_after_request_needs_t_responders_per_secret():
     # SecAgg+ graph: each secret only has degree+1 holders, so neighbourhood dropout matters
     n, deg, t, L = 30, 6, 5, 20
     cfg, inputs, _ = make(n, t, L, degree=deg)
-    sched = DropoutSchedule(masked_input=frozenset({1, 2}), unmasking=frozenset({3}))
+    # The graph is random (derived from the session id): pick three dropouts with pairwise
+    # disjoint closed neighbourhoods, so every survivor keeps >= deg+1-1 >= t share holders.
+    picked: list[int] = []
+    for u in cfg.client_ids:
+        if all(not ((set(cfg.neighbours(u)) | {u}) & (set(cfg.neighbours(v)) | {v})) for v in picked):
+            picked.append(u)
+        if len(picked) == 3:
+            break
+    assert len(picked) == 3
+    sched = DropoutSchedule(masked_input=frozenset(picked[:2]), unmasking=frozenset(picked[2:]))
     rep = run_round(cfg, inputs, sched)
     ref = sum(inputs[u].astype(np.uint64) for u in rep.survivors) % 2**32
     assert np.array_equal(rep.total.astype(np.uint64), ref)
